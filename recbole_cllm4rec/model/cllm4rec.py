@@ -1,0 +1,287 @@
+r"""CLLM4Rec: Collaborative Large Language Model for Recommender Systems (Zhu et al., WWW 2024).
+
+A frozen pretrained causal LM reads documents that mix words with user/item ID tokens. Only the ID
+token embeddings train, in two sets:
+
+- collaborative (user, item): trained by the collaborative LM, whose main text is a user's items
+  (``{user} has interacted with item_a item_b ...``) with a softmax over the item vocabulary only;
+- content (user, item): trained by the content LM, whose main text is words (item descriptions,
+  user profiles, reviews) with the LM's own softmax over the word vocabulary only.
+
+Mutual regularization ties the two sets: each step adds
+``lambda_c * sum ||e_self - stopgrad(e_other)||^2`` over the ID tokens of its batch. Finetuning
+(recommendation-oriented) reads ``{user} has interacted with <visible items>, {user} will interact
+with``, takes the last hidden state through an item head tied to the collaborative item embeddings,
+and fits a multinomial likelihood over all items (as Multi-VAE). Recommending is one forward pass
+per user: a full ranking over items, no decoding, no hallucinated items.
+
+The stage schedule (content warm-up, alternating pretraining, finetuning) is in
+``recbole_cllm4rec.trainer.CLLM4RecTrainer``.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_cllm4rec.backbone import load_backbone
+from recbole_cllm4rec.corpus import ContentDocuments, SoftHardPrompt, build_content_documents, render_field_text
+
+SIDES = ("collaborative", "content")
+
+
+class CLLM4Rec(GeneralRecommender):
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.backbone, self.tokenizer = load_backbone(config["llm"], config["llm_cache_dir"])
+        self.backbone.requires_grad_(False)
+        word_embeddings = self.backbone.get_input_embeddings()
+        self.vocab_size = word_embeddings.num_embeddings
+        dim = word_embeddings.embedding_dim
+
+        self.max_seq_len = config["max_seq_len"]
+        context = getattr(self.backbone.config, "max_position_embeddings", None)
+        if context is not None and self.max_seq_len > context:
+            raise ValueError(f"max_seq_len={self.max_seq_len} exceeds the backbone's context of {context} tokens")
+        self.lambda_c = config["lambda_c"]
+        self.mask_ratio = config["mask_ratio"]
+        if config["finetune_target"] not in ("all", "masked"):
+            raise ValueError(f"finetune_target must be 'all' or 'masked', got {config['finetune_target']!r}")
+        self.finetune_target = config["finetune_target"]
+        self.item_reorder = config["item_reorder"]
+        self.autocast_dtype = self._autocast_dtype(config["llm_dtype"], config["device"])
+
+        # The two sets of ID token embeddings: the only trainable parameters.
+        self.collaborative_user_emb = nn.Embedding(self.n_users, dim)
+        self.collaborative_item_emb = nn.Embedding(self.n_items, dim)
+        self.content_user_emb = nn.Embedding(self.n_users, dim)
+        self.content_item_emb = nn.Embedding(self.n_items, dim)
+        for table in self.id_tables():
+            nn.init.normal_(table.weight, mean=0.0, std=config["init_std"])
+
+        # Soft+hard prompts, tokenized once.
+        def prompt(template: str) -> SoftHardPrompt:
+            return SoftHardPrompt(template, self.tokenizer, self.vocab_size, self.n_users)
+
+        self.collaborative_prompt = prompt(config["collaborative_prompt"])
+        before, sep, after = config["recommendation_prompt"].partition("{items}")
+        if not sep:
+            raise ValueError("recommendation_prompt must contain {items}")
+        self.recommendation_prefix = prompt(before.rstrip())
+        self.recommendation_suffix = prompt(after)
+
+        # Training interactions only: the collaborative corpus and the finetuning/scoring histories.
+        history, _, history_len = dataset.history_item_matrix()
+        self.register_buffer("history_items", history.long(), persistent=False)
+        self.register_buffer("history_len", history_len.long(), persistent=False)
+
+        # Content corpus from .item / .user text columns.
+        sources = {}
+        for source, n in (("item", self.n_items), ("user", self.n_users)):
+            template = config[f"{source}_text_template"]
+            if template:
+                texts = render_field_text(dataset, source, template)
+                sources[source] = (texts[:n], prompt(config[f"{source}_prompt"]))
+        self.content_docs: ContentDocuments = build_content_documents(sources, self.tokenizer, self.max_seq_len)
+
+    # ------------------------------------------------------------------ plumbing
+    @staticmethod
+    def _autocast_dtype(llm_dtype: str, device) -> torch.dtype | None:
+        """``auto``: bf16 autocast on CUDA, fp32 elsewhere; or ``float32`` / ``bfloat16`` / ``float16``."""
+        if llm_dtype == "auto":
+            return torch.bfloat16 if torch.device(device).type == "cuda" else None
+        dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if llm_dtype not in dtypes:
+            raise ValueError(f"llm_dtype must be one of auto, {', '.join(dtypes)}; got {llm_dtype!r}")
+        return dtypes[llm_dtype]
+
+    def id_tables(self) -> list[nn.Embedding]:
+        return [self.collaborative_user_emb, self.collaborative_item_emb, self.content_user_emb, self.content_item_emb]
+
+    def tables(self, side: str) -> tuple[nn.Embedding, nn.Embedding]:
+        """(user, item) embedding tables of one side: ``collaborative`` or ``content``."""
+        if side == "collaborative":
+            return self.collaborative_user_emb, self.collaborative_item_emb
+        if side == "content":
+            return self.content_user_emb, self.content_item_emb
+        raise ValueError(side)
+
+    def train(self, mode: bool = True):
+        """The frozen backbone always runs in eval mode: no dropout noise on weights that never train."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def state_dict(self, *args, **kwargs):
+        """Only the ID tables: the frozen backbone is reloaded from ``llm``, so checkpoints stay small."""
+        state = super().state_dict(*args, **kwargs)
+        for key in [k for k in state if k.startswith("backbone.")]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load the ID tables; the backbone's weights are neither expected nor accepted."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"CLLM4Rec checkpoint does not match: missing {missing}, unexpected {result.unexpected_keys}"
+            )
+        return result
+
+    # ------------------------------------------------------------------ soft+hard prompt -> backbone
+    def embed(self, ids: torch.Tensor, side: str) -> torch.Tensor:
+        """Embeddings of an extended-vocabulary id tensor: words from the frozen LM, IDs from ``side``."""
+        user_emb, item_emb = self.tables(side)
+        v, u = self.vocab_size, self.n_users
+        words = self.backbone.get_input_embeddings()(ids.clamp(max=v - 1))
+        users = user_emb((ids - v).clamp(0, u - 1))
+        items = item_emb((ids - v - u).clamp(0, self.n_items - 1))
+        is_user = ((ids >= v) & (ids < v + u)).unsqueeze(-1)
+        is_item = (ids >= v + u).unsqueeze(-1)
+        return torch.where(is_user, users, torch.where(is_item, items, words))
+
+    def hidden_states(self, ids: torch.Tensor, length: torch.Tensor, side: str) -> torch.Tensor:
+        """Last-layer hidden states (fp32) of right-padded documents ``ids[:, :length]``."""
+        attention_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < length[:, None]
+        autocast = (
+            torch.autocast(ids.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.backbone.base_model(inputs_embeds=self.embed(ids, side), attention_mask=attention_mask.long())
+        return out.last_hidden_state.float()
+
+    def mutual_regularization(self, ids: torch.Tensor, side: str) -> torch.Tensor:
+        """``sum ||e_side - stopgrad(e_other)||^2`` over the ID tokens (with repeats) in ``ids``."""
+        other = "content" if side == "collaborative" else "collaborative"
+        v, u = self.vocab_size, self.n_users
+        is_id = ids >= v
+        id_ids = ids[is_id]
+        mine = self.embed(id_ids, side)
+        with torch.no_grad():
+            theirs = self.embed(id_ids, other)
+        return ((mine - theirs) ** 2).sum()
+
+    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Item head tied to the collaborative item embeddings, no bias; padding item 0 excluded."""
+        logits = hidden @ self.collaborative_item_emb.weight.T
+        logits[..., 0] = float("-inf")
+        return logits
+
+    # ------------------------------------------------------------------ documents
+    def shuffled_history(self, users: torch.Tensor, shuffle: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded training items of ``users`` (optionally in a random order per user) and their counts."""
+        n = self.history_len[users]
+        items = self.history_items[users][:, : int(n.max()) if len(n) else 0]
+        if shuffle and items.shape[1] > 1:
+            keys = torch.rand(items.shape, device=items.device)
+            keys[items == 0] = 2.0  # padding stays at the end
+            items = items.gather(1, keys.argsort(dim=1))
+        return items, n
+
+    def collaborative_documents(self, users: torch.Tensor):
+        """``{user} has interacted with item_a item_b ...`` (stochastic item reordering), truncated."""
+        items, n = self.shuffled_history(users, shuffle=self.item_reorder)
+        prompt = self.collaborative_prompt.ids(users=users)
+        budget = self.max_seq_len - prompt.shape[1]
+        items, n = items[:, :budget], n.clamp(max=budget)
+        item_tokens = torch.where(items > 0, self.collaborative_prompt.item_offset + items, self.tokenizer.pad_token_id)
+        return torch.cat([prompt, item_tokens], dim=1), prompt.shape[1] + n, items
+
+    def recommendation_documents(self, users: torch.Tensor, mask: bool):
+        """``{user} has interacted with <visible>, {user} will interact with`` and the finetuning targets.
+
+        With ``mask``, ``max(1, floor(mask_ratio * n))`` random items per user are hidden and the rest
+        shuffled; otherwise every training item is shown in stored order (scoring). Returns ids,
+        lengths and the multi-hot target ``[B, n_items]``.
+        """
+        items, n = self.shuffled_history(users, shuffle=mask)
+        n_masked = torch.zeros_like(n)
+        if mask:
+            n_masked = (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
+        positions = torch.arange(items.shape[1], device=items.device)[None, :]
+        is_masked = positions < n_masked[:, None]
+        target = torch.zeros(len(users), self.n_items, device=items.device)
+        target_items = items if self.finetune_target == "all" or not mask else torch.where(is_masked, items, 0)
+        target.scatter_(1, target_items, 1.0)
+        target[:, 0] = 0.0
+
+        prefix = self.recommendation_prefix.ids(users=users)
+        suffix = self.recommendation_suffix.ids(users=users)
+        budget = self.max_seq_len - prefix.shape[1] - suffix.shape[1]
+        if budget < 1:
+            raise ValueError(f"max_seq_len={self.max_seq_len} leaves no room for items in recommendation_prompt")
+        # visible items: drop the masked ones (they are first after shuffling), keep at most `budget`
+        visible_rank = positions - n_masked[:, None]
+        n_visible = (n - n_masked).clamp(max=budget)
+        width = int(n_visible.max()) if len(n_visible) else 0
+        take = (visible_rank >= 0) & (visible_rank < n_visible[:, None])
+        pad = self.tokenizer.pad_token_id
+        body = torch.full((len(users), width), pad, dtype=torch.long, device=items.device)
+        rows, cols = take.nonzero(as_tuple=True)
+        body[rows, visible_rank[rows, cols]] = self.collaborative_prompt.item_offset + items[rows, cols]
+
+        ids = torch.cat([prefix, body, torch.full_like(suffix, pad)], dim=1)
+        suffix_pos = prefix.shape[1] + n_visible[:, None] + torch.arange(suffix.shape[1], device=ids.device)
+        ids.scatter_(1, suffix_pos, suffix)
+        length = prefix.shape[1] + n_visible + suffix.shape[1]
+        return ids[:, : int(length.max())], length, target
+
+    # ------------------------------------------------------------------ losses
+    def collaborative_lm_loss(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-item loss over the item vocabulary, and the mutual regularization toward content."""
+        ids, length, items = self.collaborative_documents(users)
+        hidden = self.hidden_states(ids, length, "collaborative")
+        p = len(self.collaborative_prompt)
+        # the state at position p-1+k predicts the k-th item
+        predictors = hidden[:, p - 1 : p - 1 + items.shape[1]]
+        valid = items > 0
+        loss = F.cross_entropy(self.item_logits(predictors[valid]), items[valid])
+        return loss, self.lambda_c * self.mutual_regularization(ids, "collaborative")
+
+    def content_lm_loss(self, docs: torch.Tensor, regularize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-word loss over the word vocabulary on the main text of content documents ``docs``."""
+        length = self.content_docs.length[docs].to(self.device)
+        prompt_length = self.content_docs.prompt_length[docs].to(self.device)
+        ids = self.content_docs.ids[docs][:, : int(length.max())].to(self.device)
+        hidden = self.hidden_states(ids, length, "content")
+        positions = torch.arange(ids.shape[1], device=ids.device)[None, :]
+        predicts = (positions >= prompt_length[:, None] - 1) & (positions < length[:, None] - 1)
+        targets = ids[:, 1:][predicts[:, :-1]]
+        logits = self.backbone.get_output_embeddings()(hidden[predicts].to(self.backbone.dtype)).float()
+        loss = F.cross_entropy(logits[:, : self.vocab_size], targets)
+        reg = self.lambda_c * self.mutual_regularization(ids, "content") if regularize else loss.new_zeros(())
+        return loss, reg
+
+    def recommendation_loss(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multinomial loss of the masked-history prompt over all items, and the regularization."""
+        ids, length, target = self.recommendation_documents(users, mask=True)
+        hidden = self.hidden_states(ids, length, "collaborative")
+        last = hidden[torch.arange(len(users), device=ids.device), length - 1]
+        log_probs = F.log_softmax(self.item_logits(last), dim=1)
+        loss = -(log_probs.masked_fill(target == 0, 0.0) * target).sum(1).mean()
+        return loss, self.lambda_c * self.mutual_regularization(ids, "collaborative")
+
+    # ------------------------------------------------------------------ RecBole API
+    def calculate_loss(self, interaction):
+        users = interaction[self.USER_ID].unique()
+        loss, reg = self.recommendation_loss(users[self.history_len[users] > 0])
+        return loss + reg
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        users = interaction[self.USER_ID]
+        ids, length, _ = self.recommendation_documents(users, mask=False)
+        hidden = self.hidden_states(ids, length, "collaborative")
+        return self.item_logits(hidden[torch.arange(len(users), device=ids.device), length - 1])
+
+    def predict(self, interaction) -> torch.Tensor:
+        scores = self.full_sort_predict(interaction)
+        return scores.gather(1, interaction[self.ITEM_ID][:, None]).squeeze(1)

@@ -1,0 +1,139 @@
+"""Run one or several models on the identical split and compare them in one table.
+
+Each model goes through RecBole's own pieces (``Config``, ``create_dataset``, ``data_preparation``,
+``get_model``, ``get_trainer``), with the same seed and protocol, so every model sees the same split;
+a fingerprint of the split is recorded per model and checked to be equal.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import logging
+import sys
+from pathlib import Path
+from time import time
+
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_color
+
+from recbole_cllm4rec.registry import check_model_name
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def isolated_argv():
+    """RecBole's ``Config`` parses ``sys.argv`` on its own: hide it, the caller passes ``config_dict``."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def split_fingerprint(*datasets) -> str:
+    """A short hash of the (user, item) pairs of the train / valid / test datasets, in order."""
+    digest = hashlib.sha1()
+    for dataset in datasets:
+        pairs = sorted(zip(dataset.inter_feat[dataset.uid_field].tolist(), dataset.inter_feat[dataset.iid_field].tolist()))
+        digest.update(repr(pairs).encode())
+        digest.update(b"|")
+    return digest.hexdigest()[:12]
+
+
+def run_model(model: str, dataset: str, config_file_list=None, config_dict=None, saved: bool = True) -> dict:
+    """Train and test one model; returns metrics, timings and the split fingerprint."""
+    with isolated_argv():
+        config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    log = logging.getLogger()
+    log.info(config)
+    data = create_dataset(config)
+    log.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    fingerprint = split_fingerprint(train_data.dataset, valid_data.dataset, test_data.dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_obj = get_model(config["model"])(config, train_data.dataset).to(config["device"])
+    log.info(model_obj)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+
+    start = time()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    train_time = time() - start
+    start = time()
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    eval_time = time() - start
+    log.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    log.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": best_valid_score,
+        "best_valid_result": dict(best_valid_result or {}),
+        "test_result": dict(test_result),
+        "train_time": train_time,
+        "eval_time": eval_time,
+        "split": fingerprint,
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+
+
+def comparison_rows(results: list[dict]) -> tuple[list[str], list[list]]:
+    """Header and rows of the comparison table: test metrics, best-valid metrics, times, split."""
+    metrics = list(results[0]["test_result"])
+    header = ["model"] + [f"test {m}" for m in metrics] + [f"valid {m}" for m in metrics]
+    header += ["train time (s)", "eval time (s)", "split"]
+    rows = []
+    for r in results:
+        valid = r["best_valid_result"]
+        rows.append(
+            [r["model"]]
+            + [r["test_result"].get(m) for m in metrics]
+            + [valid.get(m) for m in metrics]
+            + [round(r["train_time"], 1), round(r["eval_time"], 1), r["split"]]
+        )
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def run(
+    models: list[str],
+    dataset: str,
+    config_file_list=None,
+    config_dict=None,
+    saved: bool = True,
+    results_dir: str | Path = "results",
+) -> list[dict]:
+    """Run every model on ``dataset`` (same split), print and save the comparison table.
+
+    Unknown model names fail before anything trains. The table goes to stdout and to
+    ``results_dir/<dataset>-<time>.md`` and ``.csv``.
+    """
+    for name in models:
+        check_model_name(name)
+    results = [run_model(m, dataset, config_file_list, dict(config_dict or {}), saved) for m in models]
+    splits = {r["split"] for r in results}
+    if len(splits) > 1:
+        raise RuntimeError(f"models saw different splits: {[(r['model'], r['split']) for r in results]}")
+    header, rows = comparison_rows(results)
+    table = markdown_table(header, rows)
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stem = results_dir / f"{results[0]['dataset']}-{'-'.join(models)}-{time():.0f}"
+    stem.with_suffix(".md").write_text(table + "\n")
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        csv.writer(f).writerows([header] + rows)
+    print(f"\n{table}\n\nsaved to {stem}.md and {stem}.csv")
+    return results

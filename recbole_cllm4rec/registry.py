@@ -1,0 +1,110 @@
+"""The one place where this plugin plugs into RecBole.
+
+``install()`` (run on ``import recbole_cllm4rec``) makes RecBole's own ``get_model`` and
+``get_trainer`` resolve the plugin's models first and fall back to RecBole's, and layers the
+plugin's yaml files under the user's config: ``properties/overall.yaml`` (benchmark protocol, every
+model), ``properties/<Model>.yaml`` (model defaults) and ``properties/dataset/<dataset>.yaml``
+(dataset presets). User config files, ``config_dict`` and the command line still win.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from pathlib import Path
+
+PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
+
+# model name -> "module:Class"; trainers resolved the same way. Imported lazily: the model module
+# pulls in transformers, which RecBole baselines never need.
+MODELS = {"CLLM4Rec": "recbole_cllm4rec.model.cllm4rec:CLLM4Rec"}
+TRAINERS = {"CLLM4Rec": "recbole_cllm4rec.trainer:CLLM4RecTrainer"}
+
+_RECBOLE_MODEL_PACKAGES = (
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+    "exlib_recommender",
+)
+
+
+def _import(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@functools.lru_cache(maxsize=None)
+def known_models() -> tuple[str, ...]:
+    """Every model name that resolves: the plugin's and RecBole's (exlib ones only if installed)."""
+    from recbole.model.abstract_recommender import AbstractRecommender
+
+    names = set(MODELS)
+    for package in _RECBOLE_MODEL_PACKAGES:
+        try:
+            module = importlib.import_module(f"recbole.model.{package}")
+        except ImportError:  # exlib_recommender needs lightgbm and xgboost
+            continue
+        names.update(
+            name
+            for name, obj in vars(module).items()
+            if isinstance(obj, type) and issubclass(obj, AbstractRecommender)
+        )
+    return tuple(sorted(names, key=str.lower))
+
+
+def check_model_name(name: str) -> None:
+    """Fail with the list of valid names instead of RecBole's "No module named 'lightgbm'"."""
+    if name not in MODELS and name not in known_models():
+        raise ValueError(
+            f"Unknown model {name!r}. Known models (case-sensitive): {', '.join(known_models())}"
+        )
+
+
+def get_model(model_name: str):
+    """RecBole's ``get_model``, with the plugin's models and a clear error for unknown names."""
+    if model_name in MODELS:
+        return _import(MODELS[model_name])
+    check_model_name(model_name)
+    return _recbole_get_model(model_name)
+
+
+def get_trainer(model_type, model_name: str):
+    """RecBole's ``get_trainer``, with the plugin's trainers."""
+    if model_name in TRAINERS:
+        return _import(TRAINERS[model_name])
+    return _recbole_get_trainer(model_type, model_name)
+
+
+def _load_internal_config_dict(self, model, model_class, dataset) -> None:
+    """RecBole's internal defaults, then the plugin's yaml files on top (still under user config)."""
+    _recbole_load_internal_config_dict(self, model, model_class, dataset)
+    dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
+    for file in (PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / f"{model}.yaml", dataset_file):
+        if file.is_file():
+            loaded = self._update_internal_config_dict(str(file)) or {}
+            if file == dataset_file:
+                self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+
+
+_recbole_get_model = _recbole_get_trainer = _recbole_load_internal_config_dict = None
+
+
+def install() -> None:
+    """Patch the names RecBole modules imported from ``recbole.utils`` (idempotent)."""
+    global _recbole_get_model, _recbole_get_trainer, _recbole_load_internal_config_dict
+    import recbole.config.configurator as configurator
+    import recbole.quick_start.quick_start as quick_start
+    import recbole.utils as utils
+    import recbole.utils.utils as utils_utils
+
+    if _recbole_get_model is not None:
+        return
+    _recbole_get_model = utils_utils.get_model
+    _recbole_get_trainer = utils_utils.get_trainer
+    _recbole_load_internal_config_dict = configurator.Config._load_internal_config_dict
+    for module in (utils, utils_utils, configurator, quick_start):
+        if hasattr(module, "get_model"):
+            module.get_model = get_model
+        if hasattr(module, "get_trainer"):
+            module.get_trainer = get_trainer
+    configurator.Config._load_internal_config_dict = _load_internal_config_dict
