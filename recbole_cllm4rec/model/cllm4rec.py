@@ -77,8 +77,11 @@ class CLLM4Rec(GeneralRecommender):
         self.recommendation_suffix = prompt(after)
 
         # Training interactions only: the collaborative corpus and the finetuning/scoring histories.
+        # Stored in ascending item id, so scores never depend on how RecBole happened to order the split.
         history, _, history_len = dataset.history_item_matrix()
-        self.register_buffer("history_items", history.long(), persistent=False)
+        history = history.long()
+        history = history.gather(1, torch.where(history > 0, history, history.max() + 1).argsort(dim=1))
+        self.register_buffer("history_items", history, persistent=False)
         self.register_buffer("history_len", history_len.long(), persistent=False)
 
         # Content corpus from .item / .user text columns.
@@ -162,9 +165,7 @@ class CLLM4Rec(GeneralRecommender):
     def mutual_regularization(self, ids: torch.Tensor, side: str) -> torch.Tensor:
         """``sum ||e_side - stopgrad(e_other)||^2`` over the ID tokens (with repeats) in ``ids``."""
         other = "content" if side == "collaborative" else "collaborative"
-        v, u = self.vocab_size, self.n_users
-        is_id = ids >= v
-        id_ids = ids[is_id]
+        id_ids = ids[ids >= self.vocab_size]
         mine = self.embed(id_ids, side)
         with torch.no_grad():
             theirs = self.embed(id_ids, other)

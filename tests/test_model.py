@@ -1,0 +1,229 @@
+"""CLLM4Rec's algorithm on the tiny backbone, checked against hand-computed values."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_model, tiny_config_dict
+
+from recbole_cllm4rec.corpus import SoftHardPrompt
+
+
+def manual_embed(model, ids: list[int], side: str) -> torch.Tensor:
+    """Token-by-token lookup in the extended vocabulary, independent of ``model.embed``."""
+    user_emb, item_emb = model.tables(side)
+    v, u = model.vocab_size, model.n_users
+    rows = []
+    for t in ids:
+        if t < v:
+            rows.append(model.backbone.get_input_embeddings().weight[t])
+        elif t < v + u:
+            rows.append(user_emb.weight[t - v])
+        else:
+            rows.append(item_emb.weight[t - v - u])
+    return torch.stack(rows)
+
+
+def words(model, text: str) -> list[int]:
+    return model.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def history(model, user: int) -> list[int]:
+    n = int(model.history_len[user])
+    return model.history_items[user, :n].tolist()
+
+
+def test_only_the_four_id_tables_get_gradients(tiny_data):
+    _, model, _ = make_model(tiny_data)
+    users = torch.arange(1, 9)
+    for loss, reg in (
+        model.collaborative_lm_loss(users),
+        model.content_lm_loss(torch.arange(6)),
+        model.recommendation_loss(users),
+    ):
+        (loss + reg).backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    tables = {f"{side}_{kind}_emb.weight" for side in ("collaborative", "content") for kind in ("user", "item")}
+    assert trainable == tables
+    assert with_grad == tables
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+
+
+def test_id_token_ids_extend_the_vocabulary(tiny_data):
+    _, model, _ = make_model(tiny_data, item_reorder=False)
+    v, n_users = model.vocab_size, model.n_users
+    assert v == 257  # the tiny byte-level tokenizer
+    users = torch.tensor([3, 7])
+    ids, length, items = model.collaborative_documents(users)
+    assert ids[:, 0].tolist() == [v + 3, v + 7]
+    p = len(words(model, " has interacted with")) + 1
+    for row, u in enumerate(users.tolist()):
+        assert ids[row, p : length[row]].tolist() == [v + n_users + i for i in history(model, u)]
+
+
+def test_prompt_drops_the_space_before_an_id_token(tiny_data):
+    _, model, _ = make_model(tiny_data)
+    prompt = SoftHardPrompt("{user} will, {item} x", model.tokenizer, model.vocab_size, model.n_users)
+    ids = prompt.ids(users=torch.tensor([2]), items=torch.tensor([5]))[0].tolist()
+    v = model.vocab_size
+    assert ids == [v + 2] + words(model, " will,") + [v + model.n_users + 5] + words(model, " x")
+
+
+def test_collaborative_loss_is_cross_entropy_over_items_only(tiny_data):
+    _, model, _ = make_model(tiny_data, item_reorder=False, lambda_c=0.5)
+    users = [2, 5, 11]
+    loss, reg = model.collaborative_lm_loss(torch.tensor(users))
+
+    v, n_users = model.vocab_size, model.n_users
+    prompt = words(model, " has interacted with")
+    total, count, expected_reg = 0.0, 0, 0.0
+    for u in users:
+        items = history(model, u)
+        ids = [v + u] + prompt + [v + n_users + i for i in items]
+        hidden = model.backbone.base_model(inputs_embeds=manual_embed(model, ids, "collaborative")[None]).last_hidden_state[0]
+        logits = hidden @ model.collaborative_item_emb.weight.T  # item vocabulary only
+        logits[:, 0] = -math.inf  # padding item
+        log_probs = logits.log_softmax(-1)
+        for k, item in enumerate(items):
+            total -= log_probs[len(prompt) + k, item].item()  # position of the token before item k
+            count += 1
+        tokens = [u] + items
+        tables = [(model.collaborative_user_emb, model.content_user_emb)] + [
+            (model.collaborative_item_emb, model.content_item_emb)
+        ] * len(items)
+        for t, (mine, other) in zip(tokens, tables):
+            expected_reg += ((mine.weight[t] - other.weight[t]) ** 2).sum().item()
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
+    assert reg.item() == pytest.approx(0.5 * expected_reg, rel=1e-5)
+
+
+def test_regularizer_leaves_the_other_side_alone(tiny_data):
+    _, model, _ = make_model(tiny_data)
+    _, reg = model.collaborative_lm_loss(torch.tensor([1, 2]))
+    reg.backward()
+    assert model.content_user_emb.weight.grad is None and model.content_item_emb.weight.grad is None
+    assert model.collaborative_user_emb.weight.grad[1:3].abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    _, reg = model.content_lm_loss(torch.arange(4))
+    reg.backward()
+    assert model.collaborative_user_emb.weight.grad is None and model.collaborative_item_emb.weight.grad is None
+    assert model.content_item_emb.weight.grad.abs().sum() > 0
+
+
+def test_content_loss_is_cross_entropy_over_words_after_the_prompt(tiny_data):
+    _, model, _ = make_model(tiny_data)
+    docs = model.content_docs
+    loss, _ = model.content_lm_loss(torch.tensor([0, 3]), regularize=False)
+    total, count = 0.0, 0
+    for d in (0, 3):
+        ids = docs.ids[d, : docs.length[d]].tolist()
+        p = int(docs.prompt_length[d])
+        assert ids[0] >= model.vocab_size and all(t < model.vocab_size for t in ids[p:])
+        hidden = model.backbone.base_model(inputs_embeds=manual_embed(model, ids, "content")[None]).last_hidden_state[0]
+        log_probs = model.backbone.lm_head(hidden).log_softmax(-1)
+        for pos in range(p, len(ids)):
+            total -= log_probs[pos - 1, ids[pos]].item()
+            count += 1
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_item_text_documents_follow_the_template(tiny_data):
+    _, model, (train, _, _) = make_model(tiny_data)
+    docs = model.content_docs
+    dataset = train.dataset
+    item = dataset.token2id(dataset.iid_field, "i7")
+    v, n_users = model.vocab_size, model.n_users
+    row = [d for d in range(len(docs)) if docs.ids[d, 0] == v + n_users + item][0]
+    text = model.tokenizer.decode(docs.ids[row, docs.prompt_length[row] : docs.length[row]])
+    assert text == " The horror film number 7. Genre: horror."
+    assert len(docs) == (model.n_items - 1) + (model.n_users - 1)  # every item and user has text
+
+
+@pytest.mark.parametrize("target", ["all", "masked"])
+def test_masking_hides_the_right_share_of_items(tiny_data, target):
+    _, model, _ = make_model(tiny_data, mask_ratio=0.2, finetune_target=target)
+    v, n_users = model.vocab_size, model.n_users
+    users = torch.arange(1, model.n_users)
+    ids, length, goal = model.recommendation_documents(users, mask=True)
+    suffix = model.recommendation_suffix.ids(users=users)
+    for row, u in enumerate(users.tolist()):
+        full = set(history(model, u))
+        row_ids = ids[row, : length[row]].tolist()
+        visible = [t - v - n_users for t in row_ids if t >= v + n_users]
+        hidden = full - set(visible)
+        assert len(hidden) == max(1, math.floor(0.2 * len(full)))
+        assert len(visible) == len(set(visible)) and set(visible) <= full
+        assert row_ids[-suffix.shape[1] :] == suffix[row].tolist()
+        expected_target = full if target == "all" else hidden
+        assert set(goal[row].nonzero().squeeze(1).tolist()) == expected_target
+
+
+def test_a_single_item_history_keeps_an_empty_prompt(tiny_data):
+    _, model, _ = make_model(tiny_data, finetune_target="masked")
+    model.history_len[4] = 1
+    ids, length, goal = model.recommendation_documents(torch.tensor([4]), mask=True)
+    assert length.item() == len(model.recommendation_prefix) + len(model.recommendation_suffix)
+    assert goal[0].nonzero().squeeze(1).tolist() == [int(model.history_items[4, 0])]
+
+
+def test_recommendation_loss_is_multinomial(tiny_data):
+    _, model, _ = make_model(tiny_data)
+    torch.manual_seed(0)
+    users = torch.tensor([1, 2, 3])
+    ids, length, goal = model.recommendation_documents(users, mask=True)
+    torch.manual_seed(0)
+    loss, _ = model.recommendation_loss(users)
+    hidden = model.hidden_states(ids, length, "collaborative")
+    expected = 0.0
+    for row in range(3):
+        logits = hidden[row, length[row] - 1] @ model.collaborative_item_emb.weight.T
+        log_probs = logits[1:].log_softmax(-1)  # padding item 0 is not a candidate
+        expected -= log_probs[goal[row, 1:] > 0].sum().item()
+    assert loss.item() == pytest.approx(expected / 3, rel=1e-5)
+
+
+def test_full_sort_scores_are_the_same_batched_and_one_by_one(tiny_data):
+    _, model, _ = make_model(tiny_data)
+    model.eval()
+    users = torch.arange(1, 12)
+    with torch.no_grad():
+        batched = model.full_sort_predict({model.USER_ID: users})
+        single = torch.cat([model.full_sort_predict({model.USER_ID: users[k : k + 1]}) for k in range(len(users))])
+    assert batched.shape == (len(users), model.n_items)
+    assert torch.isinf(batched[:, 0]).all()
+    torch.testing.assert_close(batched[:, 1:], single[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_training_moves_the_embeddings_and_lowers_the_collaborative_loss(tiny_data):
+    from recbole_cllm4rec.trainer import CLLM4RecTrainer
+
+    config, model, _ = make_model(tiny_data, item_reorder=False, lambda_c=0.0)
+    trainer = CLLM4RecTrainer(config, model)
+    users = trainer.train_users
+    before = model.collaborative_lm_loss(users)[0].item()
+    optimizer = trainer._build_optimizer(learning_rate=0.01)
+    for epoch in range(5):
+        trainer._run_pass("collaborative", optimizer, epoch, show_progress=False)
+    after = model.collaborative_lm_loss(users)[0].item()
+    assert after < before - 0.3
+
+
+def test_max_seq_len_beyond_the_backbone_context_is_refused(tiny_data):
+    with pytest.raises(ValueError, match="exceeds the backbone's context"):
+        make_model(tiny_data, max_seq_len=4096)
+
+
+def test_a_missing_text_field_is_named(tiny_data):
+    with pytest.raises(ValueError, match=r"\['plot'\]"):
+        make_model(tiny_data, item_text_template="{title}: {plot}")
+
+
+def test_runs_are_reproducible_with_a_fixed_seed(tiny_data):
+    from recbole_cllm4rec.quick_start import run_model
+
+    config = tiny_config_dict(tiny_data)
+    first = run_model("CLLM4Rec", "tiny", config_dict=dict(config))
+    second = run_model("CLLM4Rec", "tiny", config_dict=dict(config))
+    assert first["test_result"] == second["test_result"]
+    assert first["split"] == second["split"]

@@ -1,0 +1,74 @@
+"""CLLM4Rec resolves through RecBole's own lookups and config layering."""
+import pytest
+from conftest import make_model, tiny_config_dict
+
+from recbole_cllm4rec.quick_start import isolated_argv, run_model
+
+
+def test_recbole_resolves_the_plugin_model_and_trainer():
+    import recbole.quick_start.quick_start as quick_start
+    from recbole.utils import ModelType, get_model, get_trainer
+
+    from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
+    from recbole_cllm4rec.trainer import CLLM4RecTrainer
+
+    assert get_model("CLLM4Rec") is CLLM4Rec
+    assert quick_start.get_model("CLLM4Rec") is CLLM4Rec
+    assert get_trainer(ModelType.GENERAL, "CLLM4Rec") is CLLM4RecTrainer
+    assert get_model("BPR").__name__ == "BPR"
+
+
+def test_unknown_model_lists_the_known_names():
+    from recbole.utils import get_model
+
+    with pytest.raises(ValueError, match=r"Unknown model 'NoSuchModel'.*BPR.*CLLM4Rec"):
+        get_model("NoSuchModel")
+
+
+def test_model_defaults_sit_under_user_config(tiny_data):
+    from recbole.config import Config
+
+    config_file = tiny_data / "mine.yaml"
+    config_file.write_text("lambda_c: 0.25\nmask_ratio: 0.5\n")
+    with isolated_argv():
+        config = Config(
+            model="CLLM4Rec",
+            dataset="tiny",
+            config_file_list=[str(config_file)],
+            config_dict={"data_path": str(tiny_data), "mask_ratio": 0.3},
+        )
+    assert config["lambda_c"] == 0.25  # file beats properties/CLLM4Rec.yaml
+    assert config["mask_ratio"] == 0.3  # config_dict beats the file
+    assert config["pretrain_learning_rate"] == 0.001  # the plugin default
+    assert config["eval_args"]["split"] == {"RS": [0.8, 0.1, 0.1]}  # properties/overall.yaml
+    assert config["topk"] == [10, 20, 40, 100]
+
+
+def test_load_data_and_model_restores_a_cllm4rec_checkpoint(tiny_data):
+    import torch
+    from recbole.quick_start import load_data_and_model
+
+    result = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data))
+    checkpoint = torch.load(result["checkpoint"], weights_only=False)
+    assert not any(k.startswith("backbone.") for k in checkpoint["state_dict"])
+    config, model, dataset, _, _, test_data = load_data_and_model(result["checkpoint"])
+    assert type(model).__name__ == "CLLM4Rec"
+    model.eval()
+    users = torch.arange(1, 6)
+    with torch.no_grad():
+        restored = model.full_sort_predict({model.USER_ID: users})
+    _, fresh, _ = make_model(tiny_data)
+    fresh.load_state_dict(checkpoint["state_dict"])
+    fresh.eval()
+    with torch.no_grad():
+        again = fresh.full_sort_predict({fresh.USER_ID: users})
+    torch.testing.assert_close(restored, again)
+    assert torch.equal(model.collaborative_item_emb.weight, checkpoint["state_dict"]["collaborative_item_emb.weight"])
+
+
+def test_load_data_and_model_restores_a_baseline_checkpoint(tiny_data):
+    from recbole.quick_start import load_data_and_model
+
+    result = run_model("BPR", "tiny", config_dict=tiny_config_dict(tiny_data, epochs=2))
+    config, model, *_ = load_data_and_model(result["checkpoint"])
+    assert type(model).__name__ == "BPR" and config["epochs"] == 2
