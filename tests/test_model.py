@@ -227,3 +227,23 @@ def test_runs_are_reproducible_with_a_fixed_seed(tiny_data):
     second = run_model("CLLM4Rec", "tiny", config_dict=dict(config))
     assert first["test_result"] == second["test_result"]
     assert first["split"] == second["split"]
+
+
+def test_llm_dtype_choice():
+    from recbole_cllm4rec.model.cllm4rec import CLLM4Rec, cpu_has_native_bf16
+
+    assert CLLM4Rec._autocast_dtype("auto", "cuda") is torch.bfloat16
+    assert CLLM4Rec._autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert CLLM4Rec._autocast_dtype("float32", "cuda") is None
+    with pytest.raises(ValueError, match="llm_dtype must be one of"):
+        CLLM4Rec._autocast_dtype("fp8", "cpu")
+
+
+def test_bf16_autocast_gives_nearly_the_fp32_losses(tiny_data):
+    _, fp32, _ = make_model(tiny_data, item_reorder=False)
+    _, bf16, _ = make_model(tiny_data, item_reorder=False, llm_dtype="bfloat16")
+    users = torch.arange(1, 9)
+    exact, _ = fp32.collaborative_lm_loss(users)
+    approx, _ = bf16.collaborative_lm_loss(users)
+    assert approx.dtype == torch.float32
+    assert approx.item() == pytest.approx(exact.item(), rel=2e-2)

@@ -31,7 +31,15 @@ from torch import nn
 from recbole_cllm4rec.backbone import load_backbone
 from recbole_cllm4rec.corpus import ContentDocuments, SoftHardPrompt, build_content_documents, render_field_text
 
-SIDES = ("collaborative", "content")
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (Linux ``/proc/cpuinfo`` flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class CLLM4Rec(GeneralRecommender):
@@ -96,9 +104,14 @@ class CLLM4Rec(GeneralRecommender):
     # ------------------------------------------------------------------ plumbing
     @staticmethod
     def _autocast_dtype(llm_dtype: str, device) -> torch.dtype | None:
-        """``auto``: bf16 autocast on CUDA, fp32 elsewhere; or ``float32`` / ``bfloat16`` / ``float16``."""
+        """The backbone's autocast dtype; ``None`` runs it in fp32.
+
+        ``auto`` picks bf16 where the hardware computes it natively (CUDA; CPUs with avx512_bf16 or
+        AMX), fp32 elsewhere. The ID tables, heads and losses always stay fp32.
+        """
         if llm_dtype == "auto":
-            return torch.bfloat16 if torch.device(device).type == "cuda" else None
+            native = torch.device(device).type == "cuda" or cpu_has_native_bf16()
+            return torch.bfloat16 if native else None
         dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if llm_dtype not in dtypes:
             raise ValueError(f"llm_dtype must be one of auto, {', '.join(dtypes)}; got {llm_dtype!r}")

