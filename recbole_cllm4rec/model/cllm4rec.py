@@ -70,8 +70,11 @@ class CLLM4Rec(GeneralRecommender):
         self.collaborative_item_emb = nn.Embedding(self.n_items, dim)
         self.content_user_emb = nn.Embedding(self.n_users, dim)
         self.content_item_emb = nn.Embedding(self.n_items, dim)
+        # Default init: N(0, std of the backbone's word embeddings), so ID tokens enter the LM at the
+        # scale of words (SmolLM2: 0.136; the paper code's 0.02 makes them near-zero vectors).
+        init_std = config["init_std"] or word_embeddings.weight.std().item()
         for table in self.id_tables():
-            nn.init.normal_(table.weight, mean=0.0, std=config["init_std"])
+            nn.init.normal_(table.weight, mean=0.0, std=init_std)
 
         # Soft+hard prompts, tokenized once.
         def prompt(template: str) -> SoftHardPrompt:
