@@ -70,6 +70,25 @@ def patch_recbole_torch_load() -> None:
     torch.load = load
 
 
+def stub_tensorboard_if_missing() -> None:
+    """recbole.utils imports ``torch.utils.tensorboard.SummaryWriter``, which needs the tensorboard
+    package; the GPU images lack it. Without it, RecBole's tensorboard logging becomes a no-op.
+    """
+    if "torch.utils.tensorboard" in sys.modules or importlib.util.find_spec("tensorboard") is not None:
+        return
+
+    class SummaryWriter:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __getattr__(self, name: str):
+            return lambda *args, **kwargs: None
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = SummaryWriter
+    sys.modules["torch.utils.tensorboard"] = module
+
+
 def patch_dok_update() -> None:
     """scipy>=1.13 dropped ``dok_matrix._update``, which LightGCN, NGCF, GCMC, ... call to fill A."""
     if hasattr(sp.dok_matrix, "_update"):
@@ -82,8 +101,9 @@ def patch_dok_update() -> None:
 
 
 def apply() -> None:
-    """Apply every shim (order matters: numpy and ray before recbole is first imported)."""
+    """Apply every shim (order matters: numpy, ray and tensorboard before recbole is first imported)."""
     patch_numpy_aliases()
     stub_ray_if_missing()
+    stub_tensorboard_if_missing()
     patch_dok_update()
     patch_recbole_torch_load()

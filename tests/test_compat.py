@@ -56,3 +56,14 @@ def test_apply_is_idempotent():
     load = torch.load
     compat.apply()
     assert torch.load is load
+
+
+def test_tensorboard_stub_when_tensorboard_is_missing(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a)
+    )
+    compat.stub_tensorboard_if_missing()
+    writer = sys.modules["torch.utils.tensorboard"].SummaryWriter("log_tensorboard/x")
+    assert writer.add_scalar("loss", 1.0, 0) is None and writer.add_hparams({}, {}) is None
