@@ -166,15 +166,16 @@ class CLLM4Rec(GeneralRecommender):
         is_item = (ids >= v + u).unsqueeze(-1)
         return torch.where(is_user, users, torch.where(is_item, items, words))
 
+    def autocast(self):
+        """The backbone's precision context (``llm_dtype``); a no-op for fp32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.history_items.device.type, dtype=self.autocast_dtype)
+
     def hidden_states(self, ids: torch.Tensor, length: torch.Tensor, side: str) -> torch.Tensor:
         """Last-layer hidden states (fp32) of right-padded documents ``ids[:, :length]``."""
         attention_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < length[:, None]
-        autocast = (
-            torch.autocast(ids.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        with self.autocast():
             out = self.backbone.base_model(inputs_embeds=self.embed(ids, side), attention_mask=attention_mask.long())
         return out.last_hidden_state.float()
 
@@ -273,7 +274,8 @@ class CLLM4Rec(GeneralRecommender):
         positions = torch.arange(ids.shape[1], device=ids.device)[None, :]
         predicts = (positions >= prompt_length[:, None] - 1) & (positions < length[:, None] - 1)
         targets = ids[:, 1:][predicts[:, :-1]]
-        logits = self.backbone.get_output_embeddings()(hidden[predicts].to(self.backbone.dtype)).float()
+        with self.autocast():  # the word head is a 49k-row matmul: as costly as several layers
+            logits = self.backbone.get_output_embeddings()(hidden[predicts]).float()
         loss = F.cross_entropy(logits[:, : self.vocab_size], targets)
         reg = self.lambda_c * self.mutual_regularization(ids, "content") if regularize else loss.new_zeros(())
         return loss, reg
