@@ -134,7 +134,14 @@ def build_content_documents(
         keep = [i for i, t in enumerate(texts) if t and i != 0]
         skipped = len(texts) - 1 - len(keep)
         if skipped > 0:
-            logger.info("content corpus: %d %s(s) without text skipped", skipped, source)
+            logger.warning(
+                "content corpus: %d of %d %ss have no text (empty fields, or no row in the .%s file): "
+                "no content document for them",
+                skipped,
+                len(texts) - 1,
+                source,
+                source,
+            )
         if not keep:
             continue
         words = tokenizer([" " + texts[i] for i in keep], add_special_tokens=False)["input_ids"]

@@ -19,6 +19,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_color
 
 from recbole_cllm4rec.registry import check_model_name
+from recbole_cllm4rec.trainer import latest_resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,11 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     model_obj = get_model(config["model"])(config, train_data.dataset).to(config["device"])
     log.info(model_obj)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    if config["resume"]:
+        resume = config["resume"]
+        if resume is True:
+            resume = latest_resume_point(config["checkpoint_dir"], config["model"])
+        trainer.resume_checkpoint(resume)
 
     start = time()
     best_valid_score, best_valid_result = trainer.fit(
@@ -123,6 +129,8 @@ def run(
     """
     for name in models:
         check_model_name(name)
+    if len(models) > 1 and (config_dict or {}).get("resume") not in (None, "None", False, "False"):
+        raise ValueError("resume continues one run: give a single --model with --resume")
     results = [run_model(m, dataset, config_file_list, dict(config_dict or {}), saved) for m in models]
     splits = {r["split"] for r in results}
     if len(splits) > 1:

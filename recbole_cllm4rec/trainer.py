@@ -9,11 +9,19 @@
    recommendation loss and, if ``finetune_content``, one regularized content LM pass.
 
 Batches are built from the model's tensors, bucketed by length so little compute goes to padding.
+
+Checkpoints hold only what trains (the four ID tables, the optimizer) plus stage, epoch, RNG states
+and the backbone's fingerprint. ``<run>.pth`` is the best model (RecBole's), ``<run>-last.pth`` the
+resume point written after every epoch of either stage; both are written atomically.
 """
 from __future__ import annotations
 
+import glob
+import os
+import random
 from time import time
 
+import numpy as np
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
@@ -36,6 +44,49 @@ def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, bucket_batch
     return [batches[i] for i in torch.randperm(len(batches)).tolist()]
 
 
+def atomic_save(state: dict, path: str) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp, pickle_protocol=4)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, device) -> dict:
+    """Load a checkpoint of this trainer, with a clear error for a missing or damaged file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)  # our own file: holds the Config
+    except Exception as exc:
+        raise RuntimeError(f"checkpoint {path} is unreadable (truncated or corrupted?): {exc}") from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise RuntimeError(f"{path} is not a RecBole checkpoint")
+    return checkpoint
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_resume_point(checkpoint_dir: str, model: str) -> str:
+    """The newest ``<model>-*-last.pth`` in ``checkpoint_dir`` (for ``resume: true``)."""
+    files = glob.glob(os.path.join(checkpoint_dir, f"{model}-*-last.pth"))
+    if not files:
+        raise FileNotFoundError(f"resume: no {model}-*-last.pth checkpoint in {checkpoint_dir}")
+    return max(files, key=os.path.getmtime)
+
+
 class CLLM4RecTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -45,6 +96,66 @@ class CLLM4RecTrainer(Trainer):
         self.finetune_content = config["finetune_content"]
         # users with at least one training item: the collaborative and recommendation documents
         self.train_users = torch.nonzero(model.history_len > 0).squeeze(1).cpu()
+        # RecBole names runs to the second: never let a new run overwrite another one's files
+        stem, k = self.saved_model_file[: -len(".pth")], 1
+        while os.path.exists(self.saved_model_file) or os.path.exists(self.resume_file):
+            self.saved_model_file = f"{stem}-{k}.pth"
+            k += 1
+        self.pretrain_optimizer = self._build_optimizer(learning_rate=self.pretrain_learning_rate)
+        self.pretrain_start = 0  # pretraining epochs already done (warm-up included), set by resume
+        self.finetuning = False
+
+    @property
+    def resume_file(self) -> str:
+        return self.saved_model_file[: -len(".pth")] + "-last.pth"
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int, optimizer) -> dict:
+        return {
+            "config": self.config,
+            "stage": "finetune" if self.finetuning else "pretrain",
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "best_valid_result": self.best_valid_result,
+            "best_model_file": self.saved_model_file,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's best-model checkpoint, lean and atomic."""
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        atomic_save(self._state(epoch, self.optimizer), path)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {path}")
+
+    def _save_resume_point(self, epoch: int) -> None:
+        optimizer = self.optimizer if self.finetuning else self.pretrain_optimizer
+        atomic_save(self._state(epoch, optimizer), self.resume_file)
+
+    def resume_checkpoint(self, resume_file):
+        """Continue after the last completed epoch of whichever stage was running."""
+        checkpoint = load_checkpoint(str(resume_file), self.device)
+        self.model.load_state_dict(checkpoint["state_dict"])  # refuses another backbone
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.saved_model_file = checkpoint["best_model_file"]
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint["best_valid_result"]
+        if checkpoint["stage"] == "finetune":
+            self.pretrain_start = self.content_warmup_epochs + self.pretrain_epochs
+            self.start_epoch = checkpoint["epoch"] + 1
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        else:
+            self.pretrain_start = checkpoint["epoch"] + 1
+            self.pretrain_optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"])
+        self.logger.info(
+            f"Resuming from {resume_file}: {checkpoint['stage']} stage after epoch {checkpoint['epoch']}"
+        )
 
     def _build_optimizer(self, **kwargs):
         """The optimizer sees only the four ID tables, never the frozen backbone."""
@@ -68,11 +179,14 @@ class CLLM4RecTrainer(Trainer):
         if show_progress:
             batches = tqdm(batches, total=len(batches), ncols=100, desc=set_color(f"{stage:>14} {epoch_idx:>3}", "pink"))
         total_loss = total_reg = 0.0
-        for batch in batches:
+        for batch_idx, batch in enumerate(batches):
             optimizer.zero_grad()
             loss, reg = step(batch.to(self.device))
-            if torch.isnan(loss) or torch.isnan(reg):
-                raise ValueError(f"{stage} loss is nan in epoch {epoch_idx}")
+            if not (torch.isfinite(loss) and torch.isfinite(reg)):
+                raise ValueError(
+                    f"{stage} loss is not finite (loss {loss.item()}, mutual reg {reg.item()}) in epoch {epoch_idx}, "
+                    f"batch {batch_idx}: training stopped; the last completed epoch is in {self.resume_file}"
+                )
             (loss + reg).backward()
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], **self.clip_grad_norm)
@@ -91,25 +205,39 @@ class CLLM4RecTrainer(Trainer):
 
     # ------------------------------------------------------------------ stage 1
     def pretrain(self, show_progress: bool = False) -> None:
-        """Content warm-up, then alternating collaborative / content epochs with mutual regularization."""
-        if len(self.model.content_docs) == 0 and (self.pretrain_epochs or self.content_warmup_epochs):
-            self.logger.warning("no content documents: pretraining runs the collaborative LM only")
-        optimizer = self._build_optimizer(learning_rate=self.pretrain_learning_rate)
+        """Content warm-up, then alternating collaborative / content epochs with mutual regularization.
+
+        Pretraining epochs are numbered across both phases (warm-up first); a resume point is saved
+        after each.
+        """
         has_content = len(self.model.content_docs) > 0
-        for epoch_idx in range(self.content_warmup_epochs if has_content else 0):
-            start = time()
-            losses = self._run_pass("content", optimizer, epoch_idx, show_progress, regularize=False)
-            self._log_pass("content warm-up", "content", epoch_idx, start, losses)
-        for epoch_idx in range(self.pretrain_epochs):
-            for stage in ("collaborative", "content") if has_content else ("collaborative",):
+        if not has_content and (self.pretrain_epochs or self.content_warmup_epochs):
+            self.logger.warning("no content documents: pretraining runs the collaborative LM only")
+        warmup = self.content_warmup_epochs
+        for epoch_idx in range(self.pretrain_start, warmup + self.pretrain_epochs):
+            if epoch_idx < warmup:
+                stages, phase = (("content",) if has_content else ()), "content warm-up"
+            else:
+                stages, phase = (("collaborative", "content") if has_content else ("collaborative",)), "pretraining"
+            for stage in stages:
                 start = time()
-                losses = self._run_pass(stage, optimizer, epoch_idx, show_progress)
-                self._log_pass("pretraining", stage, epoch_idx, start, losses)
+                losses = self._run_pass(
+                    stage, self.pretrain_optimizer, epoch_idx, show_progress, regularize=epoch_idx >= warmup
+                )
+                self._log_pass(phase, stage, epoch_idx, start, losses)
+            self._save_resume_point(epoch_idx)
 
     # ------------------------------------------------------------------ stage 2 (RecBole's loop)
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self.pretrain(show_progress=show_progress)
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        self.finetuning = True
+
+        def after_validation(epoch_idx, valid_score):
+            self._save_resume_point(epoch_idx)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         """One finetuning epoch: recommendation loss, then (optionally) the regularized content LM."""

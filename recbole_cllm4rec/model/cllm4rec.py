@@ -21,6 +21,7 @@ The stage schedule (content warm-up, alternating pretraining, finetuning) is in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,15 @@ from torch import nn
 
 from recbole_cllm4rec.backbone import load_backbone
 from recbole_cllm4rec.corpus import ContentDocuments, SoftHardPrompt, build_content_documents, render_field_text
+
+
+def backbone_fingerprint(backbone: nn.Module) -> torch.Tensor:
+    """A BLAKE2b digest of the backbone's weights (names, shapes, bytes) as a uint8 tensor."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(backbone.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8).clone()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -47,8 +57,11 @@ class CLLM4Rec(GeneralRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.backbone, self.tokenizer = load_backbone(config["llm"], config["llm_cache_dir"])
+        self.llm = config["llm"]
+        self.backbone, self.tokenizer = load_backbone(self.llm, config["llm_cache_dir"])
         self.backbone.requires_grad_(False)
+        # The backbone's identity travels in every checkpoint (the weights themselves do not).
+        self.register_buffer("backbone_fingerprint", backbone_fingerprint(self.backbone))
         word_embeddings = self.backbone.get_input_embeddings()
         self.vocab_size = word_embeddings.num_embeddings
         dim = word_embeddings.embedding_dim
@@ -145,7 +158,13 @@ class CLLM4Rec(GeneralRecommender):
         return state
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Load the ID tables; the backbone's weights are neither expected nor accepted."""
+        """Load the ID tables; refuse a checkpoint trained on another backbone."""
+        saved = state_dict.get("backbone_fingerprint")
+        if saved is not None and not torch.equal(saved.cpu(), self.backbone_fingerprint.cpu()):
+            raise RuntimeError(
+                f"This checkpoint was trained with a different backbone than llm={self.llm!r} "
+                "(the fingerprints of the frozen weights differ): load it with the backbone it was trained on."
+            )
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
         if strict and (missing or result.unexpected_keys):
