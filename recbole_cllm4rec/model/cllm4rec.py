@@ -76,6 +76,7 @@ class CLLM4Rec(GeneralRecommender):
             raise ValueError(f"finetune_target must be 'all' or 'masked', got {config['finetune_target']!r}")
         self.finetune_target = config["finetune_target"]
         self.item_reorder = config["item_reorder"]
+        self.eval_chunk_size = config["eval_chunk_size"] or 32
         self.autocast_dtype = self._autocast_dtype(config["llm_dtype"], config["device"])
 
         # The two sets of ID token embeddings: the only trainable parameters.
@@ -83,8 +84,8 @@ class CLLM4Rec(GeneralRecommender):
         self.collaborative_item_emb = nn.Embedding(self.n_items, dim)
         self.content_user_emb = nn.Embedding(self.n_users, dim)
         self.content_item_emb = nn.Embedding(self.n_items, dim)
-        # Default init: N(0, std of the backbone's word embeddings), so ID tokens enter the LM at the
-        # scale of words (SmolLM2: 0.136; the paper code's 0.02 makes them near-zero vectors).
+        # N(0, 0.02) as the paper code. (At the word embeddings' own scale, SmolLM2's 0.136, the tied
+        # item head starts with logits so large that the collaborative loss begins near 21 nats.)
         init_std = config["init_std"] or word_embeddings.weight.std().item()
         for table in self.id_tables():
             nn.init.normal_(table.weight, mean=0.0, std=init_std)
@@ -315,10 +316,19 @@ class CLLM4Rec(GeneralRecommender):
         return loss + reg
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
+        """Scores of all items for a batch of users: one forward pass per chunk of similar-length prompts.
+
+        RecBole's evaluation batches come in user order, with history lengths all over the place;
+        sorting by length and chunking keeps padding small.
+        """
         users = interaction[self.USER_ID]
-        ids, length, _ = self.recommendation_documents(users, mask=False)
-        hidden = self.hidden_states(ids, length, "collaborative")
-        return self.item_logits(hidden[torch.arange(len(users), device=ids.device), length - 1])
+        order = self.history_len[users].argsort(descending=True)
+        scores = torch.empty(len(users), self.n_items, device=users.device)
+        for chunk in order.split(self.eval_chunk_size):
+            ids, length, _ = self.recommendation_documents(users[chunk], mask=False)
+            hidden = self.hidden_states(ids, length, "collaborative")
+            scores[chunk] = self.item_logits(hidden[torch.arange(len(chunk), device=ids.device), length - 1])
+        return scores
 
     def predict(self, interaction) -> torch.Tensor:
         scores = self.full_sort_predict(interaction)
