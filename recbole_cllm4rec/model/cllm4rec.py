@@ -239,18 +239,17 @@ class CLLM4Rec(GeneralRecommender):
 
         With ``mask``, ``max(1, floor(mask_ratio * n))`` random items per user are hidden and the rest
         shuffled; otherwise every training item is shown in stored order (scoring). Returns ids,
-        lengths and the multi-hot target ``[B, n_items]``.
+        lengths and, with ``mask``, the multi-hot target ``[B, n_items]`` (else ``None``).
         """
         items, n = self.shuffled_history(users, shuffle=mask)
-        n_masked = torch.zeros_like(n)
+        positions = torch.arange(items.shape[1], device=items.device)[None, :]
+        n_masked, target = torch.zeros_like(n), None
         if mask:
             n_masked = (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
-        positions = torch.arange(items.shape[1], device=items.device)[None, :]
-        is_masked = positions < n_masked[:, None]
-        target = torch.zeros(len(users), self.n_items, device=items.device)
-        target_items = items if self.finetune_target == "all" or not mask else torch.where(is_masked, items, 0)
-        target.scatter_(1, target_items, 1.0)
-        target[:, 0] = 0.0
+            hidden = positions < n_masked[:, None]
+            target = torch.zeros(len(users), self.n_items, device=items.device)
+            target.scatter_(1, items if self.finetune_target == "all" else torch.where(hidden, items, 0), 1.0)
+            target[:, 0] = 0.0
 
         prefix = self.recommendation_prefix.ids(users=users)
         suffix = self.recommendation_suffix.ids(users=users)
