@@ -126,9 +126,11 @@ class CLLM4RecTrainer(Trainer):
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        """RecBole's best-model checkpoint, lean and atomic."""
+        """RecBole's best-model checkpoint, atomic and lean: ID tables and config, no optimizer state."""
         path = kwargs.pop("saved_model_file", self.saved_model_file)
-        atomic_save(self._state(epoch, self.optimizer), path)
+        state = self._state(epoch, self.optimizer)
+        del state["optimizer"], state["rng"]
+        atomic_save(state, path)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
@@ -139,6 +141,8 @@ class CLLM4RecTrainer(Trainer):
     def resume_checkpoint(self, resume_file):
         """Continue after the last completed epoch of whichever stage was running."""
         checkpoint = load_checkpoint(str(resume_file), self.device)
+        if "rng" not in checkpoint:
+            raise ValueError(f"{resume_file} is a best-model checkpoint: resume from the run's -last.pth file")
         self.model.load_state_dict(checkpoint["state_dict"])  # refuses another backbone
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.saved_model_file = checkpoint["best_model_file"]

@@ -40,9 +40,12 @@ def test_checkpoints_hold_only_what_trains(tiny_data):
     checkpoint = load_checkpoint(result["checkpoint"], "cpu")
     tables = {f"{side}_{kind}_emb.weight" for side in ("collaborative", "content") for kind in ("user", "item")}
     assert set(checkpoint["state_dict"]) == tables | {"backbone_fingerprint"}
-    assert checkpoint["stage"] == "finetune" and checkpoint["rng"]["torch"].dtype == torch.uint8
-    resume_point = result["checkpoint"].replace(".pth", "-last.pth")
-    assert load_checkpoint(resume_point, "cpu")["epoch"] == 0
+    assert checkpoint["stage"] == "finetune" and "optimizer" not in checkpoint
+    resume_point = load_checkpoint(result["checkpoint"].replace(".pth", "-last.pth"), "cpu")
+    assert resume_point["epoch"] == 0 and resume_point["rng"]["torch"].dtype == torch.uint8
+    assert resume_point["optimizer"]["state"]  # Adam moments of the ID tables
+    with pytest.raises(ValueError, match="resume from the run's -last.pth"):
+        run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data, resume=result["checkpoint"]))
     assert not glob.glob(str(tiny_data / "saved" / "*.tmp*"))  # atomic writes leave no temp files
 
 
