@@ -25,7 +25,7 @@ from recbole.utils import init_seed  # noqa: E402
 
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec  # noqa: E402
 from recbole_cllm4rec.quick_start import isolated_argv, markdown_table  # noqa: E402
-from recbole_cllm4rec.trainer import length_bucketed_batches  # noqa: E402
+from recbole_cllm4rec.trainer import CLLM4RecTrainer, length_bucketed_batches  # noqa: E402
 
 
 def bare_backbone_seconds(model: CLLM4Rec, shapes: list[tuple[int, int]], train: bool) -> float:
@@ -44,12 +44,9 @@ def bare_backbone_seconds(model: CLLM4Rec, shapes: list[tuple[int, int]], train:
     return time.perf_counter() - start
 
 
-def measure(model: CLLM4Rec, stage: str, batch_size: int, n_batches: int) -> dict:
-    if stage == "content":
-        units, lengths = torch.arange(len(model.content_docs)), model.content_docs.length
-    else:
-        units = torch.nonzero(model.history_len > 0).squeeze(1)
-        lengths = model.history_len[units]
+def measure(trainer: CLLM4RecTrainer, stage: str, batch_size: int, n_batches: int) -> dict:
+    model = trainer.model
+    units, lengths, _ = trainer.stage_documents("recommendation" if stage == "scoring" else stage)
     batches = [units[b] for b in length_bucketed_batches(lengths, batch_size)][: n_batches + 1]
     real = padded = 0
     shapes = []
@@ -115,10 +112,10 @@ def main() -> None:
             config = Config(model="CLLM4Rec", dataset=args.dataset, config_dict=config_dict)
         init_seed(config["seed"], True)
         train, _, _ = data_preparation(config, create_dataset(config))
-        model = CLLM4Rec(config, train.dataset)
+        trainer = CLLM4RecTrainer(config, CLLM4Rec(config, train.dataset))
         for stage in args.stages.split(","):
             batch_size = args.batch_size * 4 if stage == "scoring" else args.batch_size
-            result = measure(model, stage, batch_size, args.batches)
+            result = measure(trainer, stage, batch_size, args.batches)
             header = ["dtype", "stage", "batch"] + list(result)
             rows.append([dtype, stage, batch_size] + list(result.values()))
             print(dtype, stage, result, flush=True)

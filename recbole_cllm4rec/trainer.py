@@ -163,22 +163,24 @@ class CLLM4RecTrainer(Trainer):
 
     def _build_optimizer(self, **kwargs):
         """The optimizer sees only the four ID tables, never the frozen backbone."""
-        kwargs.setdefault("params", [p for p in self.model.parameters() if p.requires_grad])
+        kwargs.setdefault("params", self.model.trainable_parameters())
         return super()._build_optimizer(**kwargs)
 
     # ------------------------------------------------------------------ one pass over a corpus
+    def stage_documents(self, stage: str, regularize: bool = True):
+        """(document units, their lengths, the loss step) of a stage: content docs or training users."""
+        model = self.model
+        if stage == "content":
+            units = torch.arange(len(model.content_docs))
+            return units, model.content_docs.length, lambda batch: model.content_lm_loss(batch, regularize=regularize)
+        steps = {"collaborative": model.collaborative_lm_loss, "recommendation": model.recommendation_loss}
+        return self.train_users, model.history_len[self.train_users].cpu(), steps[stage]
+
     def _run_pass(self, stage: str, optimizer, epoch_idx: int, show_progress: bool, regularize: bool = True):
         """One epoch of ``stage`` (collaborative / content / recommendation); returns (loss, reg) means."""
         model = self.model
         model.train()
-        if stage == "content":
-            units = torch.arange(len(model.content_docs))
-            lengths = model.content_docs.length
-            step = lambda batch: model.content_lm_loss(batch, regularize=regularize)  # noqa: E731
-        else:
-            units = self.train_users
-            lengths = model.history_len[units].cpu()
-            step = getattr(model, f"{stage}_lm_loss" if stage == "collaborative" else "recommendation_loss")
+        units, lengths, step = self.stage_documents(stage, regularize)
         batches = [units[b] for b in length_bucketed_batches(lengths, self.config["train_batch_size"])]
         if show_progress:
             batches = tqdm(batches, total=len(batches), ncols=100, desc=set_color(f"{stage:>14} {epoch_idx:>3}", "pink"))
@@ -193,7 +195,7 @@ class CLLM4RecTrainer(Trainer):
                 )
             (loss + reg).backward()
             if self.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], **self.clip_grad_norm)
+                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), **self.clip_grad_norm)
             optimizer.step()
             total_loss += loss.item()
             total_reg += reg.item()

@@ -137,6 +137,10 @@ class CLLM4Rec(GeneralRecommender):
     def id_tables(self) -> list[nn.Embedding]:
         return [self.collaborative_user_emb, self.collaborative_item_emb, self.content_user_emb, self.content_item_emb]
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The only parameters that train: the weights of the four ID tables."""
+        return [table.weight for table in self.id_tables()]
+
     def tables(self, side: str) -> tuple[nn.Embedding, nn.Embedding]:
         """(user, item) embedding tables of one side: ``collaborative`` or ``content``."""
         if side == "collaborative":
