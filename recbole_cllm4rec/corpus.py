@@ -82,6 +82,32 @@ class ContentDocuments:
         return len(self.length)
 
 
+def token_budget_batches(lengths: torch.Tensor, max_tokens: int, shuffle: bool = True, window: int = 4096) -> list[torch.Tensor]:
+    """Indices of documents grouped into batches of at most ``max_tokens`` padded tokens.
+
+    Documents are sorted by length (within random windows of ``window`` documents when
+    ``shuffle``) and packed greedily, so a batch holds documents of nearly equal length and padding
+    stays small; batch order is then shuffled. Every index appears exactly once; a document longer
+    than ``max_tokens`` gets a batch of its own. Randomness comes from torch's global RNG (seeded by
+    RecBole); without ``shuffle`` the batches are deterministic, longest first.
+    """
+    order = torch.randperm(len(lengths)) if shuffle else torch.arange(len(lengths))
+    batches: list[torch.Tensor] = []
+    for start in range(0, len(order), window if shuffle else max(len(order), 1)):
+        chunk = order[start : start + window] if shuffle else order
+        chunk = chunk[lengths[chunk].argsort(descending=True, stable=True)]
+        sizes = lengths[chunk].clamp(min=1).tolist()
+        begin = 0
+        while begin < len(chunk):
+            # sorted descending: the first document sets the batch's padded length
+            count = max(1, max_tokens // sizes[begin])
+            batches.append(chunk[begin : begin + count])
+            begin += count
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]
+    return batches
+
+
 def render_field_text(dataset, source: str, template: str) -> list[str]:
     """Fill ``template`` (``"{title} by {brand}"``) from ``.item``/``.user`` columns, one string per id.
 

@@ -8,7 +8,8 @@
    loop (validation, early stopping, checkpoints); each epoch is one pass of the masked-history
    recommendation loss and, if ``finetune_content``, one regularized content LM pass.
 
-Batches are built from the model's tensors, bucketed by length so little compute goes to padding.
+Batches are built from the model's tensors, packed by length to ``train_batch_tokens`` padded tokens,
+so little compute goes to padding and short documents still fill a batch.
 
 Checkpoints hold only what trains (the four ID tables, the optimizer) plus stage, epoch, RNG states
 and the backbone's fingerprint. ``<run>.pth`` is the best model (RecBole's), ``<run>-last.pth`` the
@@ -27,21 +28,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 from tqdm import tqdm
 
-
-def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, bucket_batches: int = 50) -> list[torch.Tensor]:
-    """Shuffle, then sort within windows of ``bucket_batches`` batches by length, then shuffle batches.
-
-    Every index appears exactly once; documents of similar length share a batch, so padding is
-    small while the order stays random from epoch to epoch (torch's global RNG, seeded by RecBole).
-    """
-    order = torch.randperm(len(lengths))
-    window = batch_size * bucket_batches
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = order[start : start + window]
-        chunk = chunk[lengths[chunk].argsort(descending=True, stable=True)]
-        batches.extend(chunk.split(batch_size))
-    return [batches[i] for i in torch.randperm(len(batches)).tolist()]
+from recbole_cllm4rec.corpus import token_budget_batches
 
 
 def atomic_save(state: dict, path: str) -> None:
@@ -168,20 +155,26 @@ class CLLM4RecTrainer(Trainer):
 
     # ------------------------------------------------------------------ one pass over a corpus
     def stage_documents(self, stage: str, regularize: bool = True):
-        """(document units, their lengths, the loss step) of a stage: content docs or training users."""
+        """(document units, their token counts, the loss step) of a stage: content docs or training users."""
         model = self.model
         if stage == "content":
             units = torch.arange(len(model.content_docs))
-            return units, model.content_docs.length, lambda batch: model.content_lm_loss(batch, regularize=regularize)
-        steps = {"collaborative": model.collaborative_lm_loss, "recommendation": model.recommendation_loss}
-        return self.train_users, model.history_len[self.train_users].cpu(), steps[stage]
+            step = lambda batch: model.content_lm_loss(batch, regularize=regularize)  # noqa: E731
+        else:
+            units = self.train_users
+            step = {"collaborative": model.collaborative_lm_loss, "recommendation": model.recommendation_loss}[stage]
+        return units, model.document_lengths(stage, units.to(self.device)).cpu(), step
+
+    def stage_batches(self, stage: str, regularize: bool = True):
+        """One epoch's batches of a stage (packed to ``train_batch_tokens``) and its loss step."""
+        units, lengths, step = self.stage_documents(stage, regularize)
+        return [units[b] for b in token_budget_batches(lengths, self.config["train_batch_tokens"])], step
 
     def _run_pass(self, stage: str, optimizer, epoch_idx: int, show_progress: bool, regularize: bool = True):
         """One epoch of ``stage`` (collaborative / content / recommendation); returns (loss, reg) means."""
         model = self.model
         model.train()
-        units, lengths, step = self.stage_documents(stage, regularize)
-        batches = [units[b] for b in length_bucketed_batches(lengths, self.config["train_batch_size"])]
+        batches, step = self.stage_batches(stage, regularize)
         if show_progress:
             batches = tqdm(batches, total=len(batches), ncols=100, desc=set_color(f"{stage:>14} {epoch_idx:>3}", "pink"))
         total_loss = total_reg = 0.0

@@ -61,7 +61,7 @@ def tiny_config_dict(root, **overrides) -> dict:
         "content_warmup_epochs": 1,
         "pretrain_epochs": 1,
         "epochs": 1,
-        "train_batch_size": 8,
+        "train_batch_tokens": 256,
         "show_progress": False,
         "checkpoint_dir": str(root / "saved"),
         "topk": [5, 10],

@@ -30,7 +30,13 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_cllm4rec.backbone import load_backbone
-from recbole_cllm4rec.corpus import ContentDocuments, SoftHardPrompt, build_content_documents, render_field_text
+from recbole_cllm4rec.corpus import (
+    ContentDocuments,
+    SoftHardPrompt,
+    build_content_documents,
+    render_field_text,
+    token_budget_batches,
+)
 
 
 def backbone_fingerprint(backbone: nn.Module) -> torch.Tensor:
@@ -50,6 +56,39 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class ItemLogSumExp(torch.autograd.Function):
+    """``log sum_{i >= 1} exp(h . e_i)`` per row of ``hidden``, item 0 (padding) excluded.
+
+    Computed over chunks of ``chunk_size`` items, and recomputed chunk by chunk in backward, so the
+    ``[tokens, n_items]`` logits never exist whole: memory grows with the item table, not with
+    tokens x items (a million-item catalog trains in a few GiB).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        lse = hidden.new_full((hidden.shape[0],), float("-inf"))
+        for start in range(1, weight.shape[0], chunk_size):
+            lse = torch.logaddexp(lse, (hidden @ weight[start : start + chunk_size].T).logsumexp(dim=1))
+        ctx.save_for_backward(hidden, weight, lse)
+        ctx.chunk_size = chunk_size
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse: torch.Tensor):
+        hidden, weight, lse = ctx.saved_tensors
+        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for start in range(1, weight.shape[0], ctx.chunk_size):
+            chunk = weight[start : start + ctx.chunk_size]
+            # d lse / d logits = softmax; recomputed here instead of stored
+            probs = torch.exp(hidden @ chunk.T - lse[:, None]) * grad_lse[:, None]
+            if grad_hidden is not None:
+                grad_hidden.addmm_(probs, chunk)
+            if grad_weight is not None:
+                grad_weight[start : start + ctx.chunk_size] = probs.T @ hidden
+        return grad_hidden, grad_weight, None
 
 
 class CLLM4Rec(GeneralRecommender):
@@ -76,7 +115,8 @@ class CLLM4Rec(GeneralRecommender):
             raise ValueError(f"finetune_target must be 'all' or 'masked', got {config['finetune_target']!r}")
         self.finetune_target = config["finetune_target"]
         self.item_reorder = config["item_reorder"]
-        self.eval_chunk_size = config["eval_chunk_size"] or 32
+        self.item_chunk_size = config["item_chunk_size"]
+        self.eval_batch_tokens = config["eval_batch_tokens"]
         self.autocast_dtype = self._autocast_dtype(config["llm_dtype"], config["device"])
 
         # The two sets of ID token embeddings: the only trainable parameters.
@@ -102,12 +142,17 @@ class CLLM4Rec(GeneralRecommender):
         self.recommendation_suffix = prompt(after)
 
         # Training interactions only: the collaborative corpus and the finetuning/scoring histories.
-        # Stored in ascending item id, so scores never depend on how RecBole happened to order the split.
-        history, _, history_len = dataset.history_item_matrix()
-        history = history.long()
-        history = history.gather(1, torch.where(history > 0, history, history.max() + 1).argsort(dim=1))
+        # Stored in ascending item id without repeats, so scores never depend on how RecBole happened
+        # to order the split, and a re-interaction is one target, not two.
+        history = dataset.history_item_matrix()[0].long()
+        sentinel = self.n_items  # sorts after every item
+        history = torch.where(history > 0, history, sentinel).sort(dim=1).values
+        repeat = torch.zeros_like(history, dtype=torch.bool)
+        repeat[:, 1:] = history[:, 1:] == history[:, :-1]
+        history = history.masked_fill(repeat, sentinel).sort(dim=1).values
+        history = history.masked_fill(history == sentinel, 0)
         self.register_buffer("history_items", history, persistent=False)
-        self.register_buffer("history_len", history_len.long(), persistent=False)
+        self.register_buffer("history_len", (history > 0).sum(dim=1), persistent=False)
 
         # Content corpus from .item / .user text columns.
         sources = {}
@@ -218,6 +263,10 @@ class CLLM4Rec(GeneralRecommender):
         logits[..., 0] = float("-inf")
         return logits
 
+    def item_log_partition(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``logsumexp`` of the item head's logits per row, chunked over ``item_chunk_size`` items."""
+        return ItemLogSumExp.apply(hidden, self.collaborative_item_emb.weight, self.item_chunk_size)
+
     # ------------------------------------------------------------------ documents
     def shuffled_history(self, users: torch.Tensor, shuffle: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded training items of ``users`` (optionally in a random order per user) and their counts."""
@@ -243,17 +292,14 @@ class CLLM4Rec(GeneralRecommender):
 
         With ``mask``, ``max(1, floor(mask_ratio * n))`` random items per user are hidden and the rest
         shuffled; otherwise every training item is shown in stored order (scoring). Returns ids,
-        lengths and, with ``mask``, the multi-hot target ``[B, n_items]`` (else ``None``).
+        lengths and, with ``mask``, the target items ``[B, W]`` (0 = none; else ``None``).
         """
         items, n = self.shuffled_history(users, shuffle=mask)
         positions = torch.arange(items.shape[1], device=items.device)[None, :]
         n_masked, target = torch.zeros_like(n), None
         if mask:
             n_masked = (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
-            hidden = positions < n_masked[:, None]
-            target = torch.zeros(len(users), self.n_items, device=items.device)
-            target.scatter_(1, items if self.finetune_target == "all" else torch.where(hidden, items, 0), 1.0)
-            target[:, 0] = 0.0
+            target = items if self.finetune_target == "all" else items.masked_fill(positions >= n_masked[:, None], 0)
 
         prefix = self.recommendation_prefix.ids(users=users)
         suffix = self.recommendation_suffix.ids(users=users)
@@ -276,6 +322,20 @@ class CLLM4Rec(GeneralRecommender):
         length = prefix.shape[1] + n_visible + suffix.shape[1]
         return ids[:, : int(length.max())], length, target
 
+    def document_lengths(self, stage: str, units: torch.Tensor) -> torch.Tensor:
+        """Token count of each document a stage builds for ``units`` (content docs or users): packs batches."""
+        if stage == "content":
+            return self.content_docs.length[units.cpu()]
+        n = self.history_len[units]
+        if stage == "collaborative":
+            return (len(self.collaborative_prompt) + n).clamp(max=self.max_seq_len)
+        prompt = len(self.recommendation_prefix) + len(self.recommendation_suffix)
+        if stage == "recommendation":  # the masked share depends on n only
+            n = n - (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
+        elif stage != "scoring":
+            raise ValueError(f"unknown stage {stage!r}")
+        return prompt + n.clamp(max=self.max_seq_len - prompt)
+
     # ------------------------------------------------------------------ losses
     def collaborative_lm_loss(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-item loss over the item vocabulary, and the mutual regularization toward content."""
@@ -283,9 +343,10 @@ class CLLM4Rec(GeneralRecommender):
         hidden = self.hidden_states(ids, length, "collaborative")
         p = len(self.collaborative_prompt)
         # the state at position p-1+k predicts the k-th item
-        predictors = hidden[:, p - 1 : p - 1 + items.shape[1]]
         valid = items > 0
-        loss = F.cross_entropy(self.item_logits(predictors[valid]), items[valid])
+        predictors = hidden[:, p - 1 : p - 1 + items.shape[1]][valid]
+        targets = self.collaborative_item_emb(items[valid])
+        loss = (self.item_log_partition(predictors) - (predictors * targets).sum(dim=1)).mean()
         return loss, self.lambda_c * self.mutual_regularization(ids, "collaborative")
 
     def content_lm_loss(self, docs: torch.Tensor, regularize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,8 +369,10 @@ class CLLM4Rec(GeneralRecommender):
         ids, length, target = self.recommendation_documents(users, mask=True)
         hidden = self.hidden_states(ids, length, "collaborative")
         last = hidden[torch.arange(len(users), device=ids.device), length - 1]
-        log_probs = F.log_softmax(self.item_logits(last), dim=1)
-        loss = -(log_probs.masked_fill(target == 0, 0.0) * target).sum(1).mean()
+        # -sum over target items of log softmax = n_targets * logsumexp - sum of target logits
+        target_logits = torch.bmm(self.collaborative_item_emb(target), last[:, :, None]).squeeze(2)
+        n_targets = (target > 0).sum(dim=1)
+        loss = (n_targets * self.item_log_partition(last) - target_logits.masked_fill(target == 0, 0.0).sum(1)).mean()
         return loss, self.lambda_c * self.mutual_regularization(ids, "collaborative")
 
     # ------------------------------------------------------------------ RecBole API
@@ -319,15 +382,16 @@ class CLLM4Rec(GeneralRecommender):
         return loss + reg
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
-        """Scores of all items for a batch of users: one forward pass per chunk of similar-length prompts.
+        """Scores of all items for a batch of users: one forward pass per pack of similar-length prompts.
 
         RecBole's evaluation batches come in user order, with history lengths all over the place;
-        sorting by length and chunking keeps padding small.
+        packing by length into ``eval_batch_tokens`` keeps padding small and batches large.
         """
         users = interaction[self.USER_ID]
-        order = self.history_len[users].argsort(descending=True)
         scores = torch.empty(len(users), self.n_items, device=users.device)
-        for chunk in order.split(self.eval_chunk_size):
+        lengths = self.document_lengths("scoring", users).cpu()
+        for chunk in token_budget_batches(lengths, self.eval_batch_tokens, shuffle=False):
+            chunk = chunk.to(users.device)
             ids, length, _ = self.recommendation_documents(users[chunk], mask=False)
             hidden = self.hidden_states(ids, length, "collaborative")
             scores[chunk] = self.item_logits(hidden[torch.arange(len(chunk), device=ids.device), length - 1])
