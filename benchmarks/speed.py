@@ -1,16 +1,23 @@
-"""Throughput of each CLLM4Rec stage against the bare backbone, per precision. Prints one table.
+"""Throughput of each CLLM4Rec stage against the bare backbone's ceiling. Prints one table.
 
-    python benchmarks/speed.py --dataset=ml-100k --llm=smollm2-135m --dtypes=float32,bfloat16 --batches=4
+    python benchmarks/speed.py --dataset=ml-100k --llm=smollm2-135m \
+        --dtypes=float32,bfloat16,bfloat16+compile --out=docs/results/speed.md
 
-For every stage (content LM, collaborative LM with mutual regularization, finetuning, full-sort
-scoring) it times ``--batches`` real length-bucketed batches after one warm-up batch, and the bare
-backbone on inputs of exactly the same padded shapes (forward + backward to the input embeddings
-for training stages, forward for scoring): the ceiling the stage can reach.
+For every training stage (content LM, collaborative LM with mutual regularization, finetuning) it
+times ``--batches`` of the trainer's own token-packed batches (random ones from a real epoch, after
+one warm-up batch): forward, backward and the optimizer step. Scoring is one whole full-sort pass
+over every user, in RecBole's evaluation batches. Then, in the same run, the bare frozen backbone on inputs of
+exactly the same padded shapes: forward + backward to the input embeddings for training stages,
+forward only for scoring. That is the ceiling a stage can reach; ``ratio`` is ceiling time over
+stage time. Peak memory is CUDA's peak allocation per stage, or on CPU the process's peak RSS so far.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -23,107 +30,167 @@ from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
+from recbole_cllm4rec.corpus import token_budget_batches  # noqa: E402
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec  # noqa: E402
 from recbole_cllm4rec.quick_start import isolated_argv, markdown_table  # noqa: E402
-from recbole_cllm4rec.trainer import CLLM4RecTrainer, length_bucketed_batches  # noqa: E402
+from recbole_cllm4rec.trainer import CLLM4RecTrainer  # noqa: E402
+
+STAGES = ("content", "collaborative", "recommendation", "scoring")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bare_backbone_seconds(model: CLLM4Rec, shapes: list[tuple[int, int]], train: bool) -> float:
     """Seconds of the frozen backbone alone on random inputs of the given [B, L] shapes."""
     dim = model.backbone.get_input_embeddings().embedding_dim
-    autocast = (
-        torch.autocast("cpu", dtype=model.autocast_dtype) if model.autocast_dtype else contextlib.nullcontext()
-    )
+    device = model.history_items.device
+    inputs = [(torch.randn(b, n, dim, device=device) * 0.1).requires_grad_(train) for b, n in shapes]
+    synchronize(device)
     start = time.perf_counter()
-    for b, length in shapes:
-        x = torch.randn(b, length, dim, requires_grad=train) * 0.1
-        with torch.set_grad_enabled(train), autocast:
+    for x in inputs:
+        with torch.set_grad_enabled(train), model.autocast():
             h = model.backbone.base_model(inputs_embeds=x).last_hidden_state
         if train:
             h.float().sum().backward()
+    synchronize(device)
     return time.perf_counter() - start
 
 
-def measure(trainer: CLLM4RecTrainer, stage: str, batch_size: int, n_batches: int) -> dict:
-    model = trainer.model
-    units, lengths, _ = trainer.stage_documents("recommendation" if stage == "scoring" else stage)
-    batches = [units[b] for b in length_bucketed_batches(lengths, batch_size)][: n_batches + 1]
-    real = padded = 0
-    shapes = []
+def measure(trainer: CLLM4RecTrainer, stage: str, n_batches: int, eval_users: int) -> dict:
+    """Time ``n_batches`` real batches of ``stage`` and the bare backbone on the same shapes."""
+    model, device = trainer.model, trainer.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if stage == "scoring":
+        model.eval()
+        users = trainer.train_users
+        # one whole evaluation pass, in the batches RecBole hands over (eval_batch_size // n_items
+        # users), after a warm-up batch of a few users
+        batches = [users[:8]] + [users[b] for b in torch.randperm(len(users)).split(eval_users)]
+    else:
+        model.train()
+        batches, step = trainer.stage_batches(stage)
+        units, lengths, _ = trainer.stage_documents(stage)
+        position = torch.empty(int(units.max()) + 1, dtype=torch.long)
+        position[units] = torch.arange(len(units))
+        batches = batches[: n_batches + 1]
+    real = padded = docs = 0
+    shapes: list[tuple[int, int]] = []
     elapsed = 0.0
     for k, batch in enumerate(batches):
+        synchronize(device)
         start = time.perf_counter()
-        if stage == "content":
-            loss, reg = model.content_lm_loss(batch)
-            length = model.content_docs.length[batch]
-        elif stage == "collaborative":
-            loss, reg = model.collaborative_lm_loss(batch)
-            _, length, _ = model.collaborative_documents(batch)
-        elif stage == "recommendation":
-            loss, reg = model.recommendation_loss(batch)
-            _, length, _ = model.recommendation_documents(batch, mask=True)
-        else:
+        if stage == "scoring":
             with torch.no_grad():
-                model.full_sort_predict({model.USER_ID: batch})
-            _, length, _ = model.recommendation_documents(batch, mask=False)
-        if stage != "scoring":
+                model.full_sort_predict({model.USER_ID: batch.to(device)})
+        else:
+            trainer.optimizer.zero_grad()
+            loss, reg = step(batch.to(device))
             (loss + reg).backward()
-            model.zero_grad(set_to_none=True)
+            trainer.optimizer.step()
+        synchronize(device)
         if k == 0:
             continue  # warm-up
         elapsed += time.perf_counter() - start
-        real += int(length.sum())
-        padded += len(batch) * int(length.max())
-        shapes.append((len(batch), int(length.max())))
+        if stage == "scoring":  # the packs full_sort_predict forms inside one RecBole batch
+            batch_lengths = model.document_lengths("scoring", batch.to(device)).cpu()
+            packs = [batch_lengths[p] for p in token_budget_batches(batch_lengths, model.eval_batch_tokens, shuffle=False)]
+        else:
+            packs = [lengths[position[batch]]]
+        for pack in packs:
+            shapes.append((len(pack), int(pack.max())))
+            real += int(pack.sum())
+            padded += len(pack) * int(pack.max())
+        docs += len(batch)
     ceiling = bare_backbone_seconds(model, shapes, train=stage != "scoring")
     return {
+        "batches": len(batches) - 1,
         "real tok/s": round(real / elapsed, 1),
         "padded tok/s": round(padded / elapsed, 1),
         "padding %": round(100 * (padded - real) / padded, 1),
-        "bare backbone tok/s": round(padded / ceiling, 1),
-        "ratio to ceiling": round(ceiling / elapsed, 2),
-        "peak RSS MB": round(max_rss_mb()),
+        ("users/s" if stage in ("scoring", "recommendation", "collaborative") else "docs/s"): round(docs / elapsed, 2),
+        "ceiling tok/s": round(padded / ceiling, 1),
+        "ceiling": "fwd" if stage == "scoring" else "fwd+bwd",
+        "ratio": round(ceiling / elapsed, 2),
+        "peak MB": round(peak_memory_mb(device)),
     }
 
 
-def max_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--llm", default="smollm2-135m")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--stages", default="content,collaborative,recommendation,scoring")
-    parser.add_argument("--out", default=None, help="write the table as Markdown to this file")
+    parser.add_argument(
+        "--dtypes", default="float32,bfloat16", help="llm_dtype values; a '+compile' suffix also sets llm_compile"
+    )
+    parser.add_argument("--batches", type=int, default=10, help="timed batches per stage (after one warm-up)")
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--config", action="append", default=[], help="extra key=value (yaml value) config")
+    parser.add_argument("--out", default=None, help="write the table as Markdown here, and as CSV next to it")
     args = parser.parse_args()
-    rows, header = [], None
+
+    import yaml
+
+    extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.config)}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, header = [], []
     for dtype in args.dtypes.split(","):
-        config_dict = {"llm": args.llm, "llm_dtype": dtype, "device": "cpu", "use_gpu": False}
+        config_dict = {
+            "llm": args.llm,
+            "llm_dtype": dtype.removesuffix("+compile"),
+            "llm_compile": dtype.endswith("+compile"),
+            "device": device,
+            "use_gpu": device == "cuda",
+            **extra,
+        }
         if args.data_path:
             config_dict["data_path"] = args.data_path
         with isolated_argv():
             config = Config(model="CLLM4Rec", dataset=args.dataset, config_dict=config_dict)
         init_seed(config["seed"], True)
         train, _, _ = data_preparation(config, create_dataset(config))
-        trainer = CLLM4RecTrainer(config, CLLM4Rec(config, train.dataset))
+        trainer = CLLM4RecTrainer(config, CLLM4Rec(config, train.dataset).to(config["device"]))
+        eval_users = max(1, config["eval_batch_size"] // trainer.model.n_items)
         for stage in args.stages.split(","):
-            batch_size = args.batch_size * 4 if stage == "scoring" else args.batch_size
-            result = measure(trainer, stage, batch_size, args.batches)
-            header = ["dtype", "stage", "batch"] + list(result)
-            rows.append([dtype, stage, batch_size] + list(result.values()))
-            print(dtype, stage, result, flush=True)
+            result = measure(trainer, stage, args.batches, eval_users)
+            header = ["dtype", "stage"] + [k for k in result if k not in ("users/s", "docs/s")] + ["docs or users/s"]
+            rate = result.pop("users/s", None) or result.pop("docs/s")
+            rows.append([dtype, stage] + list(result.values()) + [rate])
+            print(dtype, stage, result, rate, flush=True)
+    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
+    title = f"{args.dataset}, {args.llm}, {machine()}, torch {torch.__version__}"
     table = markdown_table(header, rows)
-    print(f"\n{args.dataset}, {args.llm}, torch {torch.__version__}, {torch.get_num_threads()} threads\n\n{table}")
+    print(f"\n{title}\n\n{table}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"## {title}\n\n`{command}`\n\n{table}\n")
+        with open(out.with_suffix(".csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["dataset", "llm", "machine"] + header)
+            writer.writerows([[args.dataset, args.llm, machine()] + row for row in rows])
 
 
 if __name__ == "__main__":

@@ -8,12 +8,17 @@ tensor.
 """
 from __future__ import annotations
 
+import csv
+import hashlib
 import logging
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
-from recbole.utils import FeatureType
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +79,7 @@ class ContentDocuments:
     Loss is taken on the words only, i.e. on positions ``prompt_length[d] .. length[d] - 1``.
     """
 
-    ids: torch.Tensor  # [N, L] long
+    ids: torch.Tensor  # [N, L] int32 (half the memory of long for large review corpora)
     length: torch.Tensor  # [N] long
     prompt_length: torch.Tensor  # [N] long
 
@@ -108,82 +113,160 @@ def token_budget_batches(lengths: torch.Tensor, max_tokens: int, shuffle: bool =
     return batches
 
 
-def render_field_text(dataset, source: str, template: str) -> list[str]:
-    """Fill ``template`` (``"{title} by {brand}"``) from ``.item``/``.user`` columns, one string per id.
+def atomic_file(dataset, suffix: str) -> Path:
+    """``<data_path>/<dataset>.<suffix>``, the folder RecBole itself read the dataset from."""
+    return Path(dataset.dataset_path) / f"{dataset.dataset_name}.{suffix}"
 
-    Rows whose referenced fields are all empty give ``""`` (no document for them).
+
+def read_atomic_columns(path: Path, fields: list[str]) -> pd.DataFrame:
+    """Columns ``fields`` of an atomic file as raw strings, read directly (not through RecBole).
+
+    Long text never enters RecBole's token vocabularies this way, and any column of the file can be
+    used whether or not ``load_col`` loads it. Missing values are ``""``.
     """
-    feat = dataset.item_feat if source == "item" else dataset.user_feat
-    fields = re.findall(r"\{(\w+)\}", template)
-    available = list(feat.columns) if feat is not None else []
-    missing = [f for f in fields if f not in available]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (needed for CLLM4Rec's text: {fields})")
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+    names = {column.split(":")[0]: column for column in header}
+    missing = [field for field in fields if field not in names]
     if missing:
-        raise ValueError(
-            f"{source}_text_template uses field(s) {missing} that the dataset's .{source} file does not provide "
-            f"(loaded {source} fields: {available}). Add them to load_col['{source}'] or change the template."
-        )
-    n_rows = len(feat) if feat is not None else 0
-    columns: dict[str, list[str]] = {}
-    for field in fields:
-        values = feat[field]
-        ftype = dataset.field2type[field]
-        if ftype == FeatureType.TOKEN:
-            vocab = dataset.field2id_token[field]
-            columns[field] = ["" if v == 0 else str(vocab[v]) for v in values.tolist()]
-        elif ftype == FeatureType.TOKEN_SEQ:
-            vocab = dataset.field2id_token[field]
-            columns[field] = [" ".join(str(vocab[t]) for t in row if t != 0) for row in values.tolist()]
-        elif ftype == FeatureType.FLOAT_SEQ:
-            columns[field] = [" ".join(f"{t:g}" for t in row) for row in values.tolist()]
-        else:
-            columns[field] = [f"{v:g}" for v in values.tolist()]
-    texts = []
-    for row in range(n_rows):
-        row_values = {f: columns[f][row] for f in fields}
-        texts.append(template.format(**row_values).strip() if any(row_values.values()) else "")
+        raise ValueError(f"{path.name} has no column(s) {missing}; its columns are {list(names)}")
+    frame = pd.read_csv(
+        path,
+        sep="\t",
+        usecols=[names[f] for f in dict.fromkeys(fields)],
+        dtype=str,
+        keep_default_na=False,
+        quoting=csv.QUOTE_NONE,
+        encoding="utf-8",
+        engine="c",
+    )
+    return frame.rename(columns={names[f]: f for f in fields})
+
+
+def internal_ids(dataset, field: str, tokens: pd.Series) -> np.ndarray:
+    """RecBole's internal ids of raw ``tokens`` of ``field``; 0 for tokens the dataset does not know."""
+    return tokens.map(dataset.field2token_id[field]).fillna(0).to_numpy(dtype=np.int64)
+
+
+def field_texts(dataset, source: str, template: str) -> list[str]:
+    """Fill ``template`` (``"{title} by {brand}"``) from the ``.item``/``.user`` file, one string per id.
+
+    ``texts[i]`` is internal id ``i``'s text; ``""`` for ids without a row or with every referenced
+    field empty (no document for them).
+    """
+    id_field = dataset.iid_field if source == "item" else dataset.uid_field
+    fields = re.findall(r"\{(\w+)\}", template)
+    try:
+        frame = read_atomic_columns(atomic_file(dataset, source), [id_field] + fields)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"{source}_text_template {template!r}: {exc}") from exc
+    texts = [""] * dataset.num(id_field)
+    ids = internal_ids(dataset, id_field, frame[id_field])
+    for row, values in zip(ids.tolist(), frame[fields].itertuples(index=False)):
+        if row and any(values):
+            texts[row] = template.format(**dict(zip(fields, values))).strip()
     return texts
 
 
-def build_content_documents(
-    texts_by_source: dict[str, tuple[list[str], SoftHardPrompt]],
-    tokenizer,
-    max_seq_len: int,
-) -> ContentDocuments:
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    r"""Undo the escaping of atomic files, where text holds ``\t``, ``\n``, ``\\`` for tab, newline, backslash."""
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), text) if "\\" in text else text
+
+
+def review_texts(dataset, field: str, training_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(users, items, texts) of the reviews behind training interactions only.
+
+    Reviews come from ``<dataset>.review`` (user, item, ``field`` columns) if it exists, else from
+    the ``field`` column of the ``.inter`` file (the training benchmark file, if any). Whatever the
+    file, a review is kept only if its (user, item) pair is in ``training_items`` (``[n_users, W]``,
+    0-padded): validation and test interactions never reach the content corpus.
+    """
+    path = atomic_file(dataset, "review")
+    if not path.is_file():
+        benchmark = dataset.config["benchmark_filename"]
+        path = atomic_file(dataset, f"{benchmark[0]}.inter" if benchmark else "inter")
+    frame = read_atomic_columns(path, [dataset.uid_field, dataset.iid_field, field])
+    users = internal_ids(dataset, dataset.uid_field, frame[dataset.uid_field])
+    items = internal_ids(dataset, dataset.iid_field, frame[dataset.iid_field])
+    n_items = dataset.num(dataset.iid_field)
+    train_rows, train_cols = training_items.nonzero(as_tuple=True)
+    train_keys = (train_rows * n_items + training_items[train_rows, train_cols]).cpu().numpy()
+    keep = np.isin(users * n_items + items, train_keys) & (frame[field].to_numpy() != "")
+    logger.info("content corpus: %d of %d reviews in %s are of training interactions", keep.sum(), len(keep), path.name)
+    texts = [unescape(t) for t in frame[field].to_numpy()[keep].tolist()]
+    return torch.from_numpy(users[keep]), torch.from_numpy(items[keep]), texts
+
+
+def build_content_documents(sources: dict[str, tuple[torch.Tensor, list[str]]], tokenizer, max_seq_len: int) -> ContentDocuments:
     """Tokenize every text once (one batched tokenizer call per source) and pad into one tensor.
 
-    ``texts_by_source`` maps ``"item"``/``"user"`` to (one text per RecBole id, the prompt for that
-    source). Empty texts are skipped and counted.
+    ``sources`` maps a name (``item``, ``user``, ``review``) to (the prompt ids of each document
+    ``[N, P]``, its N texts). Empty texts are skipped and counted.
     """
     rows: list[torch.Tensor] = []
     prompt_lengths: list[int] = []
-    for source, (texts, prompt) in texts_by_source.items():
-        keep = [i for i, t in enumerate(texts) if t and i != 0]
-        skipped = len(texts) - 1 - len(keep)
-        if skipped > 0:
+    for source, (prompts, texts) in sources.items():
+        keep = [d for d, t in enumerate(texts) if t]
+        if len(keep) < len(texts):
             logger.warning(
-                "content corpus: %d of %d %ss have no text (empty fields, or no row in the .%s file): "
-                "no content document for them",
-                skipped,
-                len(texts) - 1,
-                source,
+                "content corpus: %d of %d %ss have no text (empty fields, or no row in the file): no document for them",
+                len(texts) - len(keep),
+                len(texts),
                 source,
             )
         if not keep:
             continue
-        words = tokenizer([" " + texts[i] for i in keep], add_special_tokens=False)["input_ids"]
-        index = torch.tensor(keep, dtype=torch.long)
-        prompts = prompt.ids(**{f"{source}s": index})
         budget = max_seq_len - prompts.shape[1]
         if budget < 1:
             raise ValueError(f"max_seq_len={max_seq_len} leaves no room for text after the {source} prompt")
-        for p, w in zip(prompts, words):
-            rows.append(torch.cat([p, torch.tensor(w[:budget], dtype=torch.long)]))
+        words = tokenizer([" " + texts[d] for d in keep], add_special_tokens=False)["input_ids"]
+        for d, w in zip(keep, words):
+            rows.append(torch.cat([prompts[d], torch.tensor(w[:budget], dtype=torch.long)]))
             prompt_lengths.append(prompts.shape[1])
     if not rows:
         empty = torch.zeros(0, dtype=torch.long)
-        return ContentDocuments(torch.zeros(0, 1, dtype=torch.long), empty, empty)
+        return ContentDocuments(torch.zeros(0, 1, dtype=torch.int32), empty, empty)
     length = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    ids = torch.full((len(rows), int(length.max())), tokenizer.pad_token_id, dtype=torch.long)
-    for d, r in enumerate(rows):
-        ids[d, : len(r)] = r
-    return ContentDocuments(ids, length, torch.tensor(prompt_lengths, dtype=torch.long))
+    ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
+    return ContentDocuments(ids.to(torch.int32), length, torch.tensor(prompt_lengths, dtype=torch.long))
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A digest of the tokenizer's full definition (vocabulary, merges, normalizer)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}{len(tokenizer)}"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def cached_content_documents(
+    sources: dict[str, tuple[torch.Tensor, list[str]]], tokenizer, max_seq_len: int, cache_dir: Path | None, name: str
+) -> ContentDocuments:
+    """``build_content_documents``, loaded from ``cache_dir`` when the same inputs were built before.
+
+    The cache key digests everything the tensors depend on (the texts, the prompt ids, the tokenizer,
+    ``max_seq_len``), so a changed template, split or backbone builds afresh and a stale file is never read.
+    """
+    if cache_dir is None:
+        return build_content_documents(sources, tokenizer, max_seq_len)
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(f"{tokenizer_fingerprint(tokenizer)}|{max_seq_len}".encode())
+    for source, (prompts, texts) in sources.items():
+        digest.update(source.encode())
+        digest.update(prompts.numpy().tobytes())
+        digest.update("\x00".join(texts).encode())
+    path = Path(cache_dir) / f"{name}-{digest.hexdigest()}.pt"
+    if path.is_file():
+        logger.info("content corpus: loaded from %s", path)
+        return ContentDocuments(**torch.load(path, weights_only=True))
+    docs = build_content_documents(sources, tokenizer, max_seq_len)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"ids": docs.ids, "length": docs.length, "prompt_length": docs.prompt_length}, tmp)
+    os.replace(tmp, path)
+    logger.info("content corpus: %d documents tokenized and cached in %s", len(docs), path)
+    return docs

@@ -20,14 +20,15 @@ TITLE_FIELDS = ("title", "movie_title", "name")
 
 
 def item_titles(dataset) -> list[str] | None:
-    """Item titles by internal id, from the first of ``title``/``movie_title``/``name`` loaded."""
-    feat = dataset.item_feat
-    field = next((f for f in TITLE_FIELDS if feat is not None and f in feat.columns), None)
-    if field is None:
-        return None
-    from recbole_cllm4rec.corpus import render_field_text
+    """Item titles by internal id, from the first ``title``/``movie_title``/``name`` column of the .item file."""
+    from recbole_cllm4rec.corpus import field_texts
 
-    return render_field_text(dataset, "item", "{" + field + "}")
+    for field in TITLE_FIELDS:
+        try:
+            return field_texts(dataset, "item", "{" + field + "}")
+        except ValueError:
+            continue
+    return None
 
 
 def internal_user_ids(dataset, raw_users: list[str]) -> torch.Tensor:

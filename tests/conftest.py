@@ -55,6 +55,7 @@ def tiny_config_dict(root, **overrides) -> dict:
             "user": ["user_id", "age"],
         },
         "llm": "tiny-random",
+        "llm_cache_dir": str(root / "cache"),
         "llm_dtype": "float32",  # exact comparisons with hand-computed fp32 values
         "item_text_template": "{title}. Genre: {genre}.",
         "user_text_template": "aged {age}",

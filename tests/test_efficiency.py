@@ -118,7 +118,7 @@ MILLION_ITEMS = textwrap.dedent(
     n_users, n_items, per_user = 65, 1_000_001, 24  # id 0 is padding in both
     config = yaml.safe_load(open(sys.argv[1]))
     config.update(llm="tiny-random", llm_dtype="float32", device="cpu", USER_ID_FIELD="user_id",
-                  ITEM_ID_FIELD="item_id", NEG_PREFIX="neg_", llm_cache_dir=None)
+                  ITEM_ID_FIELD="item_id", NEG_PREFIX="neg_", llm_cache_dir=None, dataset="catalog")
 
     class Catalog:
         '''Stands in for a RecBole dataset: what CLLM4Rec reads from one.'''

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +30,13 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_cllm4rec.backbone import load_backbone
+from recbole_cllm4rec.backbone import default_cache_dir, load_backbone
 from recbole_cllm4rec.corpus import (
     ContentDocuments,
     SoftHardPrompt,
-    build_content_documents,
-    render_field_text,
+    cached_content_documents,
+    field_texts,
+    review_texts,
     token_budget_batches,
 )
 
@@ -118,6 +120,9 @@ class CLLM4Rec(GeneralRecommender):
         self.item_chunk_size = config["item_chunk_size"]
         self.eval_batch_tokens = config["eval_batch_tokens"]
         self.autocast_dtype = self._autocast_dtype(config["llm_dtype"], config["device"])
+        # torch.compile of the frozen body: shapes vary, so dynamic; compiling costs minutes up front
+        body = self.backbone.base_model.forward
+        self.backbone_body = torch.compile(body, dynamic=True) if config["llm_compile"] else body
 
         # The two sets of ID token embeddings: the only trainable parameters.
         self.collaborative_user_emb = nn.Embedding(self.n_users, dim)
@@ -154,14 +159,22 @@ class CLLM4Rec(GeneralRecommender):
         self.register_buffer("history_items", history, persistent=False)
         self.register_buffer("history_len", (history > 0).sum(dim=1), persistent=False)
 
-        # Content corpus from .item / .user text columns.
+        # Content corpus: .item / .user text columns and reviews of training interactions, tokenized
+        # once per dataset and backbone (cached under llm_cache_dir/corpus).
         sources = {}
         for source, n in (("item", self.n_items), ("user", self.n_users)):
             template = config[f"{source}_text_template"]
             if template:
-                texts = render_field_text(dataset, source, template)
-                sources[source] = (texts[:n], prompt(config[f"{source}_prompt"]))
-        self.content_docs: ContentDocuments = build_content_documents(sources, self.tokenizer, self.max_seq_len)
+                ids = torch.arange(1, n)
+                texts = field_texts(dataset, source, template)[1:]
+                sources[source] = (prompt(config[f"{source}_prompt"]).ids(**{f"{source}s": ids}), texts)
+        if config["review_text_field"]:
+            users, items, texts = review_texts(dataset, config["review_text_field"], history)
+            sources["review"] = (prompt(config["review_prompt"]).ids(users=users, items=items), texts)
+        cache_dir = Path(config["llm_cache_dir"] or default_cache_dir()) / "corpus" if sources else None
+        self.content_docs: ContentDocuments = cached_content_documents(
+            sources, self.tokenizer, self.max_seq_len, cache_dir, config["dataset"]
+        )
 
     # ------------------------------------------------------------------ plumbing
     @staticmethod
@@ -245,7 +258,7 @@ class CLLM4Rec(GeneralRecommender):
         """Last-layer hidden states (fp32) of right-padded documents ``ids[:, :length]``."""
         attention_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < length[:, None]
         with self.autocast():
-            out = self.backbone.base_model(inputs_embeds=self.embed(ids, side), attention_mask=attention_mask.long())
+            out = self.backbone_body(inputs_embeds=self.embed(ids, side), attention_mask=attention_mask.long())
         return out.last_hidden_state.float()
 
     def mutual_regularization(self, ids: torch.Tensor, side: str) -> torch.Tensor:
@@ -353,7 +366,7 @@ class CLLM4Rec(GeneralRecommender):
         """Next-word loss over the word vocabulary on the main text of content documents ``docs``."""
         length = self.content_docs.length[docs].to(self.device)
         prompt_length = self.content_docs.prompt_length[docs].to(self.device)
-        ids = self.content_docs.ids[docs][:, : int(length.max())].to(self.device)
+        ids = self.content_docs.ids[docs][:, : int(length.max())].to(self.device).long()
         hidden = self.hidden_states(ids, length, "content")
         positions = torch.arange(ids.shape[1], device=ids.device)[None, :]
         predicts = (positions >= prompt_length[:, None] - 1) & (positions < length[:, None] - 1)
