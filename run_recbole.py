@@ -3,6 +3,7 @@
     python run_recbole.py --model=CLLM4Rec --dataset=ml-100k
     python run_recbole.py --model=BPR,MultiVAE,LightGCN --dataset=ml-100k --epochs=2
     python run_recbole.py -m CLLM4Rec -d ml-100k --llm tiny-random --pretrain_epochs=1 --epochs=1
+    python run_recbole.py --model=CLLM4Rec --dataset=ml-100k --nproc=2        # data-parallel
 """
 import sys
 
@@ -18,4 +19,9 @@ if __name__ == "__main__":
         config_file_list=args.config_files.strip().split(" ") if args.config_files else None,
         config_dict=overrides,
         results_dir=args.results_dir,
+        nproc=args.nproc,
+        world_size=args.world_size,
+        ip=args.ip,
+        port=args.port,
+        group_offset=args.group_offset,
     )

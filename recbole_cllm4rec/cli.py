@@ -15,6 +15,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (atomic files under data_path)")
     parser.add_argument("--config_files", default=None, help="config files separated by spaces")
     parser.add_argument("--results_dir", default="results", help="where the comparison table is written")
+    # RecBole's data-parallel launcher (torchrun works too: run_recbole.py reads its environment)
+    parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (GPUs, or CPU ranks on gloo)")
+    parser.add_argument("--world_size", type=int, default=-1, help="processes over all machines")
+    parser.add_argument("--ip", default="localhost", help="address of the machine with global rank 0")
+    parser.add_argument("--port", default="5678", help="a free port on that machine")
+    parser.add_argument("--group_offset", type=int, default=0, help="global rank of this machine's first process")
     args, rest = parser.parse_known_args(argv)
     overrides: dict[str, str] = {}
     i = 0

@@ -10,15 +10,17 @@ import contextlib
 import csv
 import hashlib
 import logging
+import os
 import sys
 from pathlib import Path
 from time import time
 
+import torch
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_color
 
-from recbole_cllm4rec.registry import check_model_name
+from recbole_cllm4rec.registry import check_model_name, under_torchrun
 from recbole_cllm4rec.trainer import latest_resume_point
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,14 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     with isolated_argv():
         config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    if config["single_spec"]:
+        init_logger(config)
+    else:  # RecBole's init_logger creates ./log/<model> check-then-create: rank 0 first, then the rest
+        first = torch.distributed.get_rank() == 0
+        for turn in (True, False):
+            if first == turn:
+                init_logger(config)
+            torch.distributed.barrier()
     log = logging.getLogger()
     log.info(config)
     data = create_dataset(config)
@@ -78,6 +87,8 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     eval_time = time() - start
     log.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     log.info(set_color("test result", "yellow") + f": {test_result}")
+    if not config["single_spec"]:
+        torch.distributed.destroy_process_group()
     return {
         "model": config["model"],
         "dataset": config["dataset"],
@@ -88,6 +99,39 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
         "eval_time": eval_time,
         "split": fingerprint,
         "checkpoint": trainer.saved_model_file if saved else None,
+        "losses": list(getattr(trainer, "loss_history", [])),
+    }
+
+
+def _run_rank(rank: int, model: str, dataset: str, config_file_list, config_dict: dict, saved: bool, queue) -> None:
+    """One process of a data-parallel run started by ``run(nproc=...)``; global rank 0 reports back."""
+    if not torch.cuda.is_available():  # CPU ranks share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config_dict["nproc"]))
+    result = run_model(model, dataset, config_file_list, {**config_dict, "local_rank": rank}, saved)
+    if rank + config_dict["offset"] == 0:
+        queue.put(result)
+
+
+def run_data_parallel(model: str, dataset: str, config_file_list, config_dict: dict, saved: bool, nproc: int) -> dict | None:
+    """``nproc`` processes on this machine (RecBole's ``--nproc`` launcher); the result on global rank 0's machine."""
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue), nprocs=nproc, join=True)
+    return queue.get() if config_dict["offset"] == 0 else None
+
+
+def torchrun_settings() -> dict | None:
+    """``local_rank``/``world_size``/``offset`` from torchrun's environment, or ``None`` outside torchrun."""
+    if not under_torchrun():
+        return None
+    env = os.environ
+    local_rank = int(env["LOCAL_RANK"])
+    return {
+        "local_rank": local_rank,
+        "world_size": int(env["WORLD_SIZE"]),
+        "nproc": int(env.get("LOCAL_WORLD_SIZE", 1)),
+        "offset": int(env["RANK"]) - local_rank,
     }
 
 
@@ -121,17 +165,41 @@ def run(
     config_dict=None,
     saved: bool = True,
     results_dir: str | Path = "results",
+    nproc: int = 1,
+    world_size: int = -1,
+    ip: str = "localhost",
+    port: str | int = "5678",
+    group_offset: int = 0,
 ) -> list[dict]:
     """Run every model on ``dataset`` (same split), print and save the comparison table.
 
     Unknown model names fail before anything trains. The table goes to stdout and to
-    ``results_dir/<dataset>-<time>.md`` and ``.csv``.
+    ``results_dir/<dataset>-<time>.md`` and ``.csv``. With ``nproc`` > 1 (or ``world_size`` over
+    several machines, RecBole's launcher) or under torchrun, each model trains data-parallel and
+    only global rank 0 writes the table.
     """
     for name in models:
         check_model_name(name)
     if len(models) > 1 and (config_dict or {}).get("resume") not in (None, "None", False, "False"):
         raise ValueError("resume continues one run: give a single --model with --resume")
-    results = [run_model(m, dataset, config_file_list, dict(config_dict or {}), saved) for m in models]
+    torchrun = torchrun_settings()
+    if torchrun is not None:
+        results = [run_model(m, dataset, config_file_list, {**(config_dict or {}), **torchrun}, saved) for m in models]
+        if torchrun["local_rank"] + torchrun["offset"] != 0:
+            return results
+    elif nproc > 1 or world_size > 0:
+        launch = {
+            "world_size": world_size if world_size > 0 else nproc,
+            "nproc": nproc,
+            "ip": ip,
+            "port": str(port),
+            "offset": group_offset,
+        }
+        results = [run_data_parallel(m, dataset, config_file_list, {**(config_dict or {}), **launch}, saved, nproc) for m in models]
+        if group_offset != 0:
+            return []
+    else:
+        results = [run_model(m, dataset, config_file_list, dict(config_dict or {}), saved) for m in models]
     splits = {r["split"] for r in results}
     if len(splits) > 1:
         raise RuntimeError(f"models saw different splits: {[(r['model'], r['split']) for r in results]}")

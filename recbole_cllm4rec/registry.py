@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from pathlib import Path
 
 PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
@@ -86,12 +87,51 @@ def _load_internal_config_dict(self, model, model_class, dataset) -> None:
                 self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
 
 
-_recbole_get_model = _recbole_get_trainer = _recbole_load_internal_config_dict = None
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def _init_device(self) -> None:
+    """RecBole's device setup; for data-parallel runs (``local_rank`` set) the plugin's own:
+    NCCL on CUDA, gloo on CPU (RecBole hard-codes NCCL and CUDA), ``env://`` under torchrun, and
+    only global rank 0 logs."""
+    config = self.final_config_dict
+    if "local_rank" not in config:
+        return _recbole_init_device(self)
+    import torch
+    import torch.distributed as dist
+
+    gpu_id = ",".join(map(str, config["gpu_id"])) if isinstance(config["gpu_id"], tuple) else str(config["gpu_id"])
+    config["gpu_id"] = gpu_id
+    use_cuda = bool(config["use_gpu"]) and bool(gpu_id) and torch.cuda.is_available()
+    if use_cuda:
+        if not under_torchrun():  # RecBole's launcher: gpu_id lists one GPU per process
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+        config["device"] = torch.device("cuda", config["local_rank"])
+        torch.cuda.set_device(config["device"])
+    else:
+        config["device"] = torch.device("cpu")
+    rank = config["local_rank"] + (config["offset"] or 0)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            rank=rank,
+            world_size=config["world_size"],
+            init_method="env://" if under_torchrun() else f"tcp://{config['ip']}:{config['port']}",
+        )
+    config["single_spec"] = False
+    if rank != 0:
+        config["state"] = "error"
+        config["show_progress"] = False
+        config["verbose"] = False
+
+
+_recbole_get_model = _recbole_get_trainer = _recbole_load_internal_config_dict = _recbole_init_device = None
 
 
 def install() -> None:
     """Patch the names RecBole modules imported from ``recbole.utils`` (idempotent)."""
-    global _recbole_get_model, _recbole_get_trainer, _recbole_load_internal_config_dict
+    global _recbole_get_model, _recbole_get_trainer, _recbole_load_internal_config_dict, _recbole_init_device
     import recbole.config.configurator as configurator
     import recbole.quick_start.quick_start as quick_start
     import recbole.utils as utils
@@ -102,9 +142,11 @@ def install() -> None:
     _recbole_get_model = utils_utils.get_model
     _recbole_get_trainer = utils_utils.get_trainer
     _recbole_load_internal_config_dict = configurator.Config._load_internal_config_dict
+    _recbole_init_device = configurator.Config._init_device
     for module in (utils, utils_utils, configurator, quick_start):
         if hasattr(module, "get_model"):
             module.get_model = get_model
         if hasattr(module, "get_trainer"):
             module.get_trainer = get_trainer
     configurator.Config._load_internal_config_dict = _load_internal_config_dict
+    configurator.Config._init_device = _init_device

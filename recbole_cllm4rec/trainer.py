@@ -20,10 +20,12 @@ from __future__ import annotations
 import glob
 import os
 import random
+import zlib
 from time import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 from tqdm import tqdm
@@ -74,9 +76,40 @@ def latest_resume_point(checkpoint_dir: str, model: str) -> str:
     return max(files, key=os.path.getmtime)
 
 
+class GatheredEvaluator:
+    """RecBole's evaluator over every rank's users: exactly the metrics of one process.
+
+    Under torch.distributed RecBole's evaluation loader gives each rank users ``rank::world``,
+    padded with repeats to equal counts, and averages per-rank metrics (rounded first). Instead, the
+    per-user rows each rank collected are gathered, the repeats dropped, and metrics computed once.
+    """
+
+    def __init__(self, evaluator, rank: int, world: int) -> None:
+        self.evaluator, self.rank, self.world = evaluator, rank, world
+        self.n_users = 0  # users of the evaluation set, set before each evaluation
+
+    def evaluate(self, struct):
+        real = [len(range(r, self.n_users, self.world)) for r in range(self.world)]
+        for key, value in list(struct._data_dict.items()):
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) == max(real):
+                parts = [torch.empty_like(value) for _ in range(self.world)]
+                dist.all_gather(parts, value.contiguous())
+                struct[key] = torch.cat([part[:n] for part, n in zip(parts, real)])
+        return self.evaluator.evaluate(struct)
+
+
 class CLLM4RecTrainer(Trainer):
     def __init__(self, config, model):
+        # Data parallelism is ours, not RecBole's: RecBole would wrap the whole model (frozen backbone
+        # included) in DDP with CUDA device ids; here only the ID tables' gradients are all-reduced.
+        distributed = not config["single_spec"]
+        config["single_spec"] = True
         super().__init__(config, model)
+        config["single_spec"] = not distributed
+        self.rank = dist.get_rank() if distributed else 0
+        self.world = dist.get_world_size() if distributed else 1
+        model.shard = (self.rank, self.world)
+        self.loss_history: list[tuple[str, str, int, float, float]] = []
         self.pretrain_epochs = config["pretrain_epochs"]
         self.content_warmup_epochs = config["content_warmup_epochs"]
         self.pretrain_learning_rate = config["pretrain_learning_rate"]
@@ -91,6 +124,14 @@ class CLLM4RecTrainer(Trainer):
         self.pretrain_optimizer = self._build_optimizer(learning_rate=self.pretrain_learning_rate)
         self.pretrain_start = 0  # pretraining epochs already done (warm-up included), set by resume
         self.finetuning = False
+        if self.world > 1:
+            # one run, one set of files (rank 0's names), one starting point (rank 0's ID tables)
+            names = [self.saved_model_file]
+            dist.broadcast_object_list(names, src=0)
+            self.saved_model_file = names[0]
+            for parameter in model.trainable_parameters():
+                dist.broadcast(parameter.data, src=0)
+            self.evaluator = GatheredEvaluator(self.evaluator, self.rank, self.world)
 
     @property
     def resume_file(self) -> str:
@@ -114,6 +155,8 @@ class CLLM4RecTrainer(Trainer):
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's best-model checkpoint, atomic and lean: ID tables and config, no optimizer state."""
+        if self.rank != 0:
+            return
         path = kwargs.pop("saved_model_file", self.saved_model_file)
         state = self._state(epoch, self.optimizer)
         del state["optimizer"], state["rng"]
@@ -122,6 +165,8 @@ class CLLM4RecTrainer(Trainer):
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
     def _save_resume_point(self, epoch: int) -> None:
+        if self.rank != 0:
+            return
         optimizer = self.optimizer if self.finetuning else self.pretrain_optimizer
         atomic_save(self._state(epoch, optimizer), self.resume_file)
 
@@ -170,30 +215,58 @@ class CLLM4RecTrainer(Trainer):
         units, lengths, step = self.stage_documents(stage, regularize)
         return [units[b] for b in token_budget_batches(lengths, self.config["train_batch_tokens"])], step
 
+    def _seed_pass(self, stage: str, epoch_idx: int) -> None:
+        """Seed torch's RNG from (seed, stage, epoch): batches, item orders and masks of an epoch are
+        the same on every rank, in one process or several, and after a resume."""
+        phase = "finetune" if self.finetuning else "pretrain"
+        torch.manual_seed(zlib.crc32(f"{self.config['seed']}/{phase}/{stage}/{epoch_idx}".encode()))
+
+    def _all_reduce_gradients(self) -> None:
+        """Sum the ID tables' gradients over ranks (each rank's loss is already scaled to the whole batch).
+
+        A table no rank touched keeps ``grad = None``, so Adam leaves it alone as in one process.
+        """
+        parameters = self.model.trainable_parameters()
+        touched = torch.tensor([p.grad is not None for p in parameters], dtype=torch.int32)
+        dist.all_reduce(touched)
+        for parameter, flag in zip(parameters, touched.tolist()):
+            if flag:
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+                dist.all_reduce(parameter.grad)
+
     def _run_pass(self, stage: str, optimizer, epoch_idx: int, show_progress: bool, regularize: bool = True):
         """One epoch of ``stage`` (collaborative / content / recommendation); returns (loss, reg) means."""
         model = self.model
         model.train()
+        self._seed_pass(stage, epoch_idx)
         batches, step = self.stage_batches(stage, regularize)
         if show_progress:
             batches = tqdm(batches, total=len(batches), ncols=100, desc=set_color(f"{stage:>14} {epoch_idx:>3}", "pink"))
-        total_loss = total_reg = 0.0
+        totals = torch.zeros(2, dtype=torch.float64)
         for batch_idx, batch in enumerate(batches):
             optimizer.zero_grad()
-            loss, reg = step(batch.to(self.device))
-            if not (torch.isfinite(loss) and torch.isfinite(reg)):
+            if len(batch) > self.rank:  # a batch with fewer documents than ranks leaves some ranks idle
+                loss, reg = step(batch.to(self.device))
+                (loss + reg).backward()
+                losses = torch.stack([loss.detach(), reg.detach()]).double().cpu()
+            else:
+                losses = torch.zeros(2, dtype=torch.float64)
+            if self.world > 1:
+                self._all_reduce_gradients()
+                dist.all_reduce(losses)
+            if not torch.isfinite(losses).all():
                 raise ValueError(
-                    f"{stage} loss is not finite (loss {loss.item()}, mutual reg {reg.item()}) in epoch {epoch_idx}, "
-                    f"batch {batch_idx}: training stopped; the last completed epoch is in {self.resume_file}"
+                    f"{stage} loss is not finite (loss {losses[0].item()}, mutual reg {losses[1].item()}) in epoch "
+                    f"{epoch_idx}, batch {batch_idx}: training stopped; the last completed epoch is in {self.resume_file}"
                 )
-            (loss + reg).backward()
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), **self.clip_grad_norm)
             optimizer.step()
-            total_loss += loss.item()
-            total_reg += reg.item()
-        n = max(len(batches), 1)
-        return total_loss / n, total_reg / n
+            totals += losses
+        loss, reg = (totals / max(len(batches), 1)).tolist()
+        self.loss_history.append(("finetune" if self.finetuning else "pretrain", stage, epoch_idx, loss, reg))
+        return loss, reg
 
     def _log_pass(self, phase: str, stage: str, epoch_idx: int, start: float, losses: tuple[float, float]) -> None:
         self.logger.info(
@@ -236,7 +309,19 @@ class CLLM4RecTrainer(Trainer):
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)
 
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
+        if self.world > 1:
+            dist.barrier()  # rank 0's best checkpoint is on disk before any rank loads it for testing
+        return result
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if self.world > 1:
+            self.evaluator.n_users = eval_data.sample_size
+        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _map_reduce(self, result, num_sample):
+        """Metrics are already over every rank's users (``GatheredEvaluator``): nothing to average."""
+        return result
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         """One finetuning epoch: recommendation loss, then (optionally) the regularized content LM."""

@@ -118,6 +118,11 @@ class CLLM4Rec(GeneralRecommender):
         self.finetune_target = config["finetune_target"]
         self.item_reorder = config["item_reorder"]
         self.item_chunk_size = config["item_chunk_size"]
+        # (rank, world size) under data parallelism: every rank builds the documents of the whole
+        # batch (so random reordering and masking match one process) and runs its own rows; losses
+        # are divided by the whole batch's target count, so gradients summed over ranks are exactly
+        # the one-process gradients. Set by the trainer.
+        self.shard = (0, 1)
         self.eval_batch_tokens = config["eval_batch_tokens"]
         self.autocast_dtype = self._autocast_dtype(config["llm_dtype"], config["device"])
         # torch.compile of the frozen body: shapes vary, so dynamic; compiling costs minutes up front
@@ -350,20 +355,31 @@ class CLLM4Rec(GeneralRecommender):
         return prompt + n.clamp(max=self.max_seq_len - prompt)
 
     # ------------------------------------------------------------------ losses
+    def own_rows(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This rank's rows (``rank::world``) of per-document tensors; all of them in one process."""
+        rank, world = self.shard
+        return tensors if world == 1 else tuple(t[rank::world] for t in tensors)
+
     def collaborative_lm_loss(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-item loss over the item vocabulary, and the mutual regularization toward content."""
         ids, length, items = self.collaborative_documents(users)
+        n_targets = (items > 0).sum().clamp(min=1)
+        ids, length, items = self.own_rows(ids, length, items)
+        ids, items = ids[:, : int(length.max())], items[:, : int(items.gt(0).sum(1).max())]
         hidden = self.hidden_states(ids, length, "collaborative")
         p = len(self.collaborative_prompt)
         # the state at position p-1+k predicts the k-th item
         valid = items > 0
         predictors = hidden[:, p - 1 : p - 1 + items.shape[1]][valid]
         targets = self.collaborative_item_emb(items[valid])
-        loss = (self.item_log_partition(predictors) - (predictors * targets).sum(dim=1)).mean()
+        loss = (self.item_log_partition(predictors) - (predictors * targets).sum(dim=1)).sum() / n_targets
         return loss, self.lambda_c * self.mutual_regularization(ids, "collaborative")
 
     def content_lm_loss(self, docs: torch.Tensor, regularize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-word loss over the word vocabulary on the main text of content documents ``docs``."""
+        docs = docs.cpu()
+        n_targets = (self.content_docs.length[docs] - self.content_docs.prompt_length[docs]).sum().clamp(min=1)
+        (docs,) = self.own_rows(docs)
         length = self.content_docs.length[docs].to(self.device)
         prompt_length = self.content_docs.prompt_length[docs].to(self.device)
         ids = self.content_docs.ids[docs][:, : int(length.max())].to(self.device).long()
@@ -373,19 +389,22 @@ class CLLM4Rec(GeneralRecommender):
         targets = ids[:, 1:][predicts[:, :-1]]
         with self.autocast():  # the word head is a 49k-row matmul: as costly as several layers
             logits = self.backbone.get_output_embeddings()(hidden[predicts]).float()
-        loss = F.cross_entropy(logits[:, : self.vocab_size], targets)
+        loss = F.cross_entropy(logits[:, : self.vocab_size], targets, reduction="sum") / n_targets.to(self.device)
         reg = self.lambda_c * self.mutual_regularization(ids, "content") if regularize else loss.new_zeros(())
         return loss, reg
 
     def recommendation_loss(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Multinomial loss of the masked-history prompt over all items, and the regularization."""
         ids, length, target = self.recommendation_documents(users, mask=True)
+        ids, length, target = self.own_rows(ids, length, target)
+        ids = ids[:, : int(length.max())]
         hidden = self.hidden_states(ids, length, "collaborative")
-        last = hidden[torch.arange(len(users), device=ids.device), length - 1]
+        last = hidden[torch.arange(len(length), device=ids.device), length - 1]
         # -sum over target items of log softmax = n_targets * logsumexp - sum of target logits
         target_logits = torch.bmm(self.collaborative_item_emb(target), last[:, :, None]).squeeze(2)
         n_targets = (target > 0).sum(dim=1)
-        loss = (n_targets * self.item_log_partition(last) - target_logits.masked_fill(target == 0, 0.0).sum(1)).mean()
+        nll = n_targets * self.item_log_partition(last) - target_logits.masked_fill(target == 0, 0.0).sum(1)
+        loss = nll.sum() / len(users)  # mean over the users of the whole batch
         return loss, self.lambda_c * self.mutual_regularization(ids, "collaborative")
 
     # ------------------------------------------------------------------ RecBole API
