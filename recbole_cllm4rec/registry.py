@@ -4,7 +4,8 @@
 ``get_trainer`` resolve the plugin's models first and fall back to RecBole's, and layers the
 plugin's yaml files under the user's config: ``properties/overall.yaml`` (benchmark protocol, every
 model), ``properties/<Model>.yaml`` (model defaults) and ``properties/dataset/<dataset>.yaml``
-(dataset presets). User config files, ``config_dict`` and the command line still win.
+(dataset presets). User config files, ``config_dict`` and the command line still win. It also
+registers the ``PaperRecall`` metric and runs data-parallel jobs on gloo when there is no GPU.
 """
 from __future__ import annotations
 
@@ -137,6 +138,8 @@ def install() -> None:
     import recbole.utils as utils
     import recbole.utils.utils as utils_utils
 
+    from recbole_cllm4rec import metrics
+
     if _recbole_get_model is not None:
         return
     _recbole_get_model = utils_utils.get_model
@@ -150,3 +153,4 @@ def install() -> None:
             module.get_trainer = get_trainer
     configurator.Config._load_internal_config_dict = _load_internal_config_dict
     configurator.Config._init_device = _init_device
+    metrics.register()

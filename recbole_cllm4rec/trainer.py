@@ -109,7 +109,8 @@ class CLLM4RecTrainer(Trainer):
         self.rank = dist.get_rank() if distributed else 0
         self.world = dist.get_world_size() if distributed else 1
         model.shard = (self.rank, self.world)
-        self.loss_history: list[tuple[str, str, int, float, float]] = []
+        self.loss_history: list[tuple[str, str, int, float, float]] = []  # (phase, stage, epoch, loss, reg)
+        self.stage_seconds: dict[str, float] = {}  # wall time per "phase/stage", summed over epochs
         self.pretrain_epochs = config["pretrain_epochs"]
         self.content_warmup_epochs = config["content_warmup_epochs"]
         self.pretrain_learning_rate = config["pretrain_learning_rate"]
@@ -239,6 +240,7 @@ class CLLM4RecTrainer(Trainer):
         """One epoch of ``stage`` (collaborative / content / recommendation); returns (loss, reg) means."""
         model = self.model
         model.train()
+        start = time()
         self._seed_pass(stage, epoch_idx)
         batches, step = self.stage_batches(stage, regularize)
         if show_progress:
@@ -265,7 +267,9 @@ class CLLM4RecTrainer(Trainer):
             optimizer.step()
             totals += losses
         loss, reg = (totals / max(len(batches), 1)).tolist()
-        self.loss_history.append(("finetune" if self.finetuning else "pretrain", stage, epoch_idx, loss, reg))
+        phase = "finetune" if self.finetuning else "pretrain"
+        self.loss_history.append((phase, stage, epoch_idx, loss, reg))
+        self.stage_seconds[f"{phase}/{stage}"] = self.stage_seconds.get(f"{phase}/{stage}", 0.0) + time() - start
         return loss, reg
 
     def _log_pass(self, phase: str, stage: str, epoch_idx: int, start: float, losses: tuple[float, float]) -> None:

@@ -60,6 +60,7 @@ def tiny_config_dict(root, **overrides) -> dict:
         "item_text_template": "{title}. Genre: {genre}.",
         "user_text_template": "aged {age}",
         "content_warmup_epochs": 1,
+        "finetune_content": True,
         "pretrain_epochs": 1,
         "epochs": 1,
         "train_batch_tokens": 256,

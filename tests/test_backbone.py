@@ -71,3 +71,18 @@ def test_a_local_folder_loads_the_saved_model(tmp_path):
 def test_a_wrong_name_gives_a_clear_error():
     with pytest.raises(ValueError, match=r"Cannot load the backbone llm='no-such/model-xyz'.*built-in name"):
         load_backbone("no-such/model-xyz")
+
+
+def test_llm_layers_keeps_the_first_layers_and_changes_the_fingerprint(tiny_data):
+    from conftest import make_model
+
+    _, full, _ = make_model(tiny_data)
+    _, short, _ = make_model(tiny_data, llm_layers=1)
+    assert len(full.backbone.base_model.layers) == 2 and len(short.backbone.base_model.layers) == 1
+    assert not torch.equal(full.backbone_fingerprint, short.backbone_fingerprint)
+    first = full.backbone.base_model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(short.backbone.base_model.layers[0].self_attn.q_proj.weight, first)
+    loss, _ = short.collaborative_lm_loss(torch.arange(1, 5))
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="has 2 layers"):
+        make_model(tiny_data, llm_layers=3)

@@ -74,3 +74,28 @@ def test_kill_and_resume_under_two_processes(tiny_data):
     assert len(resumed["losses"]) == 2  # finetuning epoch 1 only
     assert_same_losses(resumed["losses"], uninterrupted["losses"][-2:])
     assert resumed["test_result"] == pytest.approx(uninterrupted["test_result"], abs=1e-4)
+
+
+def test_torchrun_launches_the_same_run(tiny_data):
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    config = schedule(tiny_data, checkpoint_dir=str(tiny_data / "saved"))
+    single = run_model("CLLM4Rec", "tiny", config_dict=dict(config))
+    (tiny_data / "run.yaml").write_text(yaml.safe_dump(config))
+    script = Path(__file__).resolve().parent.parent / "run_recbole.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               "--model=CLLM4Rec", "--dataset=tiny", "--config_files=run.yaml", "--results_dir=torchrun"]  # fmt: skip
+    out = subprocess.run(command, cwd=tiny_data, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    (table,) = (tiny_data / "torchrun").glob("*.csv")
+    row = next(csv.DictReader(table.open()))
+    for metric, value in single["test_result"].items():
+        assert float(row[f"test {metric}"]) == pytest.approx(value, abs=1e-4)
+    assert row["split"] == single["split"]

@@ -72,3 +72,28 @@ def test_load_data_and_model_restores_a_baseline_checkpoint(tiny_data):
     result = run_model("BPR", "tiny", config_dict=tiny_config_dict(tiny_data, epochs=2))
     config, model, *_ = load_data_and_model(result["checkpoint"])
     assert type(model).__name__ == "BPR" and config["epochs"] == 2
+
+
+def test_paper_recall_divides_by_min_of_k_and_held_out():
+    import torch
+    from recbole.evaluator.collector import DataStruct
+
+    from recbole_cllm4rec.metrics import PaperRecall
+
+    struct = DataStruct()
+    # per user: hit flags of the top 3, then the number of held-out items
+    struct.set("rec.topk", torch.tensor([[1, 0, 0, 4], [0, 1, 1, 2], [0, 0, 0, 1]]))
+    metric = PaperRecall({"topk": [1, 3], "metric_decimal_place": 4})
+    result = metric.calculate_metric(struct)
+    # @1: 1/min(1,4), 0, 0; @3: 1/min(3,4), 2/min(3,2), 0
+    assert result == {"paperrecall@1": round(1 / 3, 4), "paperrecall@3": round((1 / 3 + 1) / 3, 4)}
+
+
+def test_paper_recall_runs_as_a_recbole_metric(tiny_data):
+    from conftest import tiny_config_dict
+
+    from recbole_cllm4rec.quick_start import run_model
+
+    config = tiny_config_dict(tiny_data, metrics=["Recall", "PaperRecall"], epochs=1, pretrain_epochs=0, content_warmup_epochs=0)
+    result = run_model("Pop", "tiny", config_dict=config)["test_result"]
+    assert result["paperrecall@10"] >= result["recall@10"] > 0

@@ -50,6 +50,20 @@ def backbone_fingerprint(backbone: nn.Module) -> torch.Tensor:
     return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8).clone()
 
 
+def truncate_layers(backbone: nn.Module, n_layers: int) -> None:
+    """Keep the first ``n_layers`` transformer blocks (then the final norm): a cheaper backbone.
+
+    The fingerprint is taken afterwards, so checkpoints record how many layers they were trained with.
+    """
+    layers = backbone.base_model.layers
+    if not 1 <= n_layers <= len(layers):
+        raise ValueError(f"llm_layers={n_layers}: the backbone has {len(layers)} layers")
+    backbone.base_model.layers = layers[:n_layers]
+    backbone.config.num_hidden_layers = n_layers
+    if getattr(backbone.config, "layer_types", None):
+        backbone.config.layer_types = backbone.config.layer_types[:n_layers]
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (Linux ``/proc/cpuinfo`` flags)."""
     try:
@@ -100,6 +114,8 @@ class CLLM4Rec(GeneralRecommender):
         super().__init__(config, dataset)
         self.llm = config["llm"]
         self.backbone, self.tokenizer = load_backbone(self.llm, config["llm_cache_dir"])
+        if config["llm_layers"]:
+            truncate_layers(self.backbone, config["llm_layers"])
         self.backbone.requires_grad_(False)
         # The backbone's identity travels in every checkpoint (the weights themselves do not).
         self.register_buffer("backbone_fingerprint", backbone_fingerprint(self.backbone))
