@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--config", action="append", default=[], help="extra key=value (yaml value) config")
     parser.add_argument("--out", default=None, help="write the table as Markdown here, and as CSV next to it")
+    parser.add_argument("--append", action="store_true", help="add this table to --out instead of replacing it")
     args = parser.parse_args()
 
     import yaml
@@ -186,10 +187,13 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(f"## {title}\n\n`{command}`\n\n{table}\n")
-        with open(out.with_suffix(".csv"), "w", newline="") as f:
+        append = args.append and out.is_file()
+        with open(out, "a" if append else "w") as f:
+            f.write(("\n" if append else "") + f"## {title}\n\n`{command}`\n\n{table}\n")
+        with open(out.with_suffix(".csv"), "a" if append else "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["dataset", "llm", "machine"] + header)
+            if not append:
+                writer.writerow(["dataset", "llm", "machine"] + header)
             writer.writerows([[args.dataset, args.llm, machine()] + row for row in rows])
 
 

@@ -103,6 +103,8 @@ class CLLM4RecTrainer(Trainer):
         # Data parallelism is ours, not RecBole's: RecBole would wrap the whole model (frozen backbone
         # included) in DDP with CUDA device ids; here only the ID tables' gradients are all-reduced.
         distributed = not config["single_spec"]
+        # RecBole's ensure_dir checks, then creates: ranks would race on it
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         config["single_spec"] = True
         super().__init__(config, model)
         config["single_spec"] = not distributed
