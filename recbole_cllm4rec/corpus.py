@@ -87,13 +87,16 @@ class ContentDocuments:
         return len(self.length)
 
 
-def token_budget_batches(lengths: torch.Tensor, max_tokens: int, shuffle: bool = True, window: int = 4096) -> list[torch.Tensor]:
+def token_budget_batches(
+    lengths: torch.Tensor, max_tokens: int, shuffle: bool = True, window: int = 4096, max_padding: float = 0.1
+) -> list[torch.Tensor]:
     """Indices of documents grouped into batches of at most ``max_tokens`` padded tokens.
 
     Documents are sorted by length (within random windows of ``window`` documents when
-    ``shuffle``) and packed greedily, so a batch holds documents of nearly equal length and padding
-    stays small; batch order is then shuffled. Every index appears exactly once; a document longer
-    than ``max_tokens`` gets a batch of its own. Randomness comes from torch's global RNG (seeded by
+    ``shuffle``) and packed greedily; a batch also closes before padding would exceed
+    ``max_padding`` of its tokens, so short documents of spread-out lengths do not waste compute.
+    Batch order is then shuffled. Every index appears exactly once; a document longer than
+    ``max_tokens`` gets a batch of its own. Randomness comes from torch's global RNG (seeded by
     RecBole); without ``shuffle`` the batches are deterministic, longest first.
     """
     order = torch.randperm(len(lengths)) if shuffle else torch.arange(len(lengths))
@@ -101,11 +104,15 @@ def token_budget_batches(lengths: torch.Tensor, max_tokens: int, shuffle: bool =
     for start in range(0, len(order), window if shuffle else max(len(order), 1)):
         chunk = order[start : start + window] if shuffle else order
         chunk = chunk[lengths[chunk].argsort(descending=True, stable=True)]
-        sizes = lengths[chunk].clamp(min=1).tolist()
+        sizes = lengths[chunk].clamp(min=1).numpy()
+        filled = np.concatenate([[0], np.cumsum(sizes)])
         begin = 0
         while begin < len(chunk):
             # sorted descending: the first document sets the batch's padded length
-            count = max(1, max_tokens // sizes[begin])
+            width = int(sizes[begin])
+            count = np.arange(1, min(max(1, max_tokens // width), len(chunk) - begin) + 1)
+            padding = 1.0 - (filled[begin + count] - filled[begin]) / (count * width)
+            count = int(count[padding <= max_padding].max())  # padding only grows with count
             batches.append(chunk[begin : begin + count])
             begin += count
     if shuffle:

@@ -62,6 +62,17 @@ def test_token_budget_batches_keep_every_document_once_with_little_padding():
     assert [b.tolist() for b in epochs[0]] != [b.tolist() for b in epochs[1]]  # reshuffled each epoch
 
 
+def test_token_budget_batches_keep_padding_under_10_percent_for_short_spread_documents():
+    torch.manual_seed(0)
+    lengths = torch.randint(12, 40, (2000,))  # short documents of spread-out lengths (Amazon-like histories)
+    for shuffle in (True, False):
+        batches = token_budget_batches(lengths, 2048, shuffle=shuffle)
+        assert sorted(torch.cat(batches).tolist()) == list(range(2000))
+        for b in batches:
+            padded = len(b) * int(lengths[b].max())
+            assert padded <= 2048 and padded - int(lengths[b].sum()) <= 0.1 * padded
+
+
 def test_token_budget_batches_give_an_overlong_document_its_own_batch():
     batches = token_budget_batches(torch.tensor([5, 300, 5, 5]), 100, shuffle=False)
     assert [b.tolist() for b in batches] == [[1], [0, 2, 3]]
