@@ -11,6 +11,11 @@
 Batches are built from the model's tensors, packed by length to ``train_batch_tokens`` padded tokens,
 so little compute goes to padding and short documents still fill a batch.
 
+Every pass seeds torch's RNG from (seed, stage, epoch). Under torch.distributed (RecBole's
+launcher or torchrun) each rank builds every batch's documents, runs its own share of them and the
+ID tables' gradients are summed over ranks, so a run on N ranks follows the one-process run;
+evaluation gathers every rank's users before computing metrics; only rank 0 writes files.
+
 Checkpoints hold only what trains (the four ID tables, the optimizer) plus stage, epoch, RNG states
 and the backbone's fingerprint. ``<run>.pth`` is the best model (RecBole's), ``<run>-last.pth`` the
 resume point written after every epoch of either stage; both are written atomically.
