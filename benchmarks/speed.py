@@ -14,7 +14,6 @@ stage time. Peak memory is CUDA's peak allocation per stage, or on CPU the proce
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import platform
 import resource
