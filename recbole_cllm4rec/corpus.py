@@ -100,9 +100,10 @@ def token_budget_batches(
     RecBole); without ``shuffle`` the batches are deterministic, longest first.
     """
     order = torch.randperm(len(lengths)) if shuffle else torch.arange(len(lengths))
+    window = window if shuffle else max(len(order), 1)  # deterministic: one global sort
     batches: list[torch.Tensor] = []
-    for start in range(0, len(order), window if shuffle else max(len(order), 1)):
-        chunk = order[start : start + window] if shuffle else order
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
         chunk = chunk[lengths[chunk].argsort(descending=True, stable=True)]
         sizes = lengths[chunk].clamp(min=1).numpy()
         filled = np.concatenate([[0], np.cumsum(sizes)])
