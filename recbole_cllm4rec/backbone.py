@@ -63,6 +63,18 @@ def load_backbone(llm: str = "smollm2-135m", cache_dir: str | os.PathLike | None
     return model.eval(), tokenizer
 
 
+def reinitialize(model: torch.nn.Module, seed: int) -> None:
+    """Replace every weight with a fresh random init of the same architecture (the "no pretraining" ablation).
+
+    The tokenizer and word vocabulary stay; only what the LM learned is gone.
+    """
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    torch.random.set_rng_state(generator_state)
+    model.load_state_dict(fresh.state_dict())
+
+
 def _from_pretrained(name_or_path: str):
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)

@@ -100,6 +100,19 @@ def patch_dok_update() -> None:
     sp.dok_matrix._update = _update
 
 
+def undo_sine_anomaly_detection() -> None:
+    """recbole's ``sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
+    at import, and ``get_model`` imports it (for any built-in model name), so every later backward in
+    the process (baselines, and CLLM4Rec after a baseline) ran several times slower. Import it now,
+    with everything else that imports it, and switch anomaly detection back off.
+    """
+    if torch.is_anomaly_enabled():
+        return  # the user asked for it
+    import recbole.model.sequential_recommender.sine  # noqa: F401
+
+    torch.autograd.set_detect_anomaly(False)
+
+
 def apply() -> None:
     """Apply every shim (order matters: numpy, ray and tensorboard before recbole is first imported)."""
     patch_numpy_aliases()
@@ -107,3 +120,4 @@ def apply() -> None:
     stub_tensorboard_if_missing()
     patch_dok_update()
     patch_recbole_torch_load()
+    undo_sine_anomaly_detection()

@@ -101,6 +101,7 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
         "checkpoint": trainer.saved_model_file if saved else None,
         "losses": list(getattr(trainer, "loss_history", [])),
         "stage_seconds": dict(getattr(trainer, "stage_seconds", {})),
+        "valid_history": list(getattr(trainer, "valid_history", [])),
     }
 
 

@@ -118,6 +118,7 @@ class CLLM4RecTrainer(Trainer):
         model.shard = (self.rank, self.world)
         self.loss_history: list[tuple[str, str, int, float, float]] = []  # (phase, stage, epoch, loss, reg)
         self.stage_seconds: dict[str, float] = {}  # wall time per "phase/stage", summed over epochs
+        self.valid_history: list[dict] = []  # validation metrics after each finetuning epoch (the curve)
         self.pretrain_epochs = config["pretrain_epochs"]
         self.content_warmup_epochs = config["content_warmup_epochs"]
         self.pretrain_learning_rate = config["pretrain_learning_rate"]
@@ -159,6 +160,7 @@ class CLLM4RecTrainer(Trainer):
             "other_parameter": self.model.other_parameter(),
             "optimizer": optimizer.state_dict(),
             "rng": rng_state(),
+            "valid_history": self.valid_history,
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -167,7 +169,7 @@ class CLLM4RecTrainer(Trainer):
             return
         path = kwargs.pop("saved_model_file", self.saved_model_file)
         state = self._state(epoch, self.optimizer)
-        del state["optimizer"], state["rng"]
+        del state["optimizer"], state["rng"], state["valid_history"]
         atomic_save(state, path)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
@@ -189,6 +191,7 @@ class CLLM4RecTrainer(Trainer):
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint["best_valid_result"]
+        self.valid_history = checkpoint.get("valid_history", [])
         if checkpoint["stage"] == "finetune":
             self.pretrain_start = self.content_warmup_epochs + self.pretrain_epochs
             self.start_epoch = checkpoint["epoch"] + 1
@@ -329,6 +332,11 @@ class CLLM4RecTrainer(Trainer):
         if self.world > 1:
             self.evaluator.n_users = eval_data.sample_size
         return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
+        self.valid_history.append(dict(valid_result))
+        return valid_score, valid_result
 
     def _map_reduce(self, result, num_sample):
         """Metrics are already over every rank's users (``GatheredEvaluator``): nothing to average."""

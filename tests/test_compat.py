@@ -67,3 +67,11 @@ def test_tensorboard_stub_when_tensorboard_is_missing(monkeypatch):
     compat.stub_tensorboard_if_missing()
     writer = sys.modules["torch.utils.tensorboard"].SummaryWriter("log_tensorboard/x")
     assert writer.add_scalar("loss", 1.0, 0) is None and writer.add_hparams({}, {}) is None
+
+
+def test_recbole_models_leave_anomaly_detection_off():
+    from recbole.utils import get_model
+
+    for name in ("EASE", "SINE", "LightGCN"):
+        get_model(name)
+        assert not torch.is_anomaly_enabled(), name  # sine.py's import-time switch stays undone

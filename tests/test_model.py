@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_model, tiny_config_dict
 
-from recbole_cllm4rec.corpus import SoftHardPrompt
+from recbole_cllm4rec.corpus import SoftHardPrompt, field_texts
 
 
 def manual_embed(model, ids: list[int], side: str) -> torch.Tensor:
@@ -248,3 +248,57 @@ def test_bf16_autocast_gives_nearly_the_fp32_losses(tiny_data):
     approx, _ = bf16.collaborative_lm_loss(users)
     assert approx.dtype == torch.float32
     assert approx.item() == pytest.approx(exact.item(), rel=2e-2)
+
+
+def test_mean_mutual_regularization_divides_by_the_batch_id_tokens(tiny_data):
+    users = torch.tensor([2, 5, 11])
+    _, summed = make_model(tiny_data, lambda_c=0.5)[1].collaborative_lm_loss(users)
+    _, model, _ = make_model(tiny_data, lambda_c=0.5, mutual_reg_reduction="mean")
+    _, mean = model.collaborative_lm_loss(users)
+    # one user token plus one token per training item in each document
+    n_id_tokens = sum(1 + int(model.history_len[u]) for u in users)
+    assert mean.item() == pytest.approx(summed.item() / n_id_tokens, rel=1e-6)
+    with pytest.raises(ValueError, match="mutual_reg_reduction"):
+        make_model(tiny_data, mutual_reg_reduction="max")
+
+
+def test_text_initialised_items_follow_the_mean_word_embedding(tiny_data):
+    config, model, (train, _, _) = make_model(tiny_data, item_init="text")
+    texts = field_texts(train.dataset, "item", config["item_text_template"])
+    words_table = model.backbone.get_input_embeddings().weight
+    raw = torch.stack([words_table[words(model, " " + texts[i])].mean(0) for i in range(1, model.n_items)])
+    init = model.collaborative_item_emb.weight[1:].detach()
+    assert torch.equal(init, model.content_item_emb.weight[1:].detach())  # both sides start equal
+    # an affine image of the raw means: centred, one global scale, overall std init_std
+    scale = init.std().item() / (raw - raw.mean(0)).std().item()
+    assert torch.allclose(init, (raw - raw.mean(0)) * scale, atol=1e-6)
+    assert init.std().item() == pytest.approx(config["init_std"], rel=1e-4)
+    with pytest.raises(ValueError, match="item_text_template"):
+        make_model(tiny_data, item_init="text", item_text_template=None)
+
+
+def test_random_backbone_keeps_the_architecture_and_drops_the_weights(tiny_data):
+    _, pretrained, _ = make_model(tiny_data)
+    _, random_a, _ = make_model(tiny_data, llm_pretrained=False)
+    _, random_b, _ = make_model(tiny_data, llm_pretrained=False)
+    weights = lambda m: m.backbone.get_input_embeddings().weight  # noqa: E731
+    assert weights(random_a).shape == weights(pretrained).shape
+    assert not torch.equal(weights(random_a), weights(pretrained))
+    assert torch.equal(weights(random_a), weights(random_b))  # seeded by `seed`
+    assert not torch.equal(random_a.backbone_fingerprint, pretrained.backbone_fingerprint)
+
+
+def test_llm_dropout_is_on_while_training_only(tiny_data):
+    users = torch.tensor([2, 5, 11])
+    _, model, _ = make_model(tiny_data, llm_dropout=0.5, item_reorder=False)
+    model.train()
+    assert model.backbone.training
+    torch.manual_seed(0)
+    first, _ = model.collaborative_lm_loss(users)
+    second, _ = model.collaborative_lm_loss(users)
+    assert first.item() != second.item()
+    model.eval()
+    assert model.collaborative_lm_loss(users)[0].item() == model.collaborative_lm_loss(users)[0].item()
+    _, plain, _ = make_model(tiny_data)
+    plain.train()
+    assert not plain.backbone.training

@@ -9,7 +9,9 @@ token embeddings train, in two sets:
   user profiles, reviews) with the LM's own softmax over the word vocabulary only.
 
 Mutual regularization ties the two sets: each step adds
-``lambda_c * sum ||e_self - stopgrad(e_other)||^2`` over the ID tokens of its batch. Finetuning
+``lambda_c * sum ||e_self - stopgrad(e_other)||^2`` over the ID tokens of its batch (the public
+code's sum; ``mutual_reg_reduction: mean`` divides by the batch's ID-token count, so the term no
+longer grows with the batch and stays on the per-token scale of the LM losses). Finetuning
 (recommendation-oriented) reads ``{user} has interacted with <visible items>, {user} will interact
 with``, takes the last hidden state through an item head tied to the collaborative item embeddings,
 and fits a multinomial likelihood over all items (as Multi-VAE). Recommending is one forward pass
@@ -30,7 +32,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_cllm4rec.backbone import default_cache_dir, load_backbone
+from recbole_cllm4rec.backbone import default_cache_dir, load_backbone, reinitialize
 from recbole_cllm4rec.corpus import (
     ContentDocuments,
     SoftHardPrompt,
@@ -74,6 +76,16 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def set_dropout(backbone: nn.Module, p: float) -> None:
+    """Set every dropout probability inside the backbone to ``p`` (``nn.Dropout`` modules and the
+    attention-probability dropout of LLaMA-style attention, which is a float attribute)."""
+    for module in backbone.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+
+
 class ItemLogSumExp(torch.autograd.Function):
     """``log sum_{i >= 1} exp(h . e_i)`` per row of ``hidden``, item 0 (padding) excluded.
 
@@ -114,9 +126,14 @@ class CLLM4Rec(GeneralRecommender):
         super().__init__(config, dataset)
         self.llm = config["llm"]
         self.backbone, self.tokenizer = load_backbone(self.llm, config["llm_cache_dir"])
+        if not config["llm_pretrained"]:
+            reinitialize(self.backbone, config["seed"])
         if config["llm_layers"]:
             truncate_layers(self.backbone, config["llm_layers"])
         self.backbone.requires_grad_(False)
+        self.llm_dropout = config["llm_dropout"] or 0.0
+        if self.llm_dropout:
+            set_dropout(self.backbone, self.llm_dropout)
         # The backbone's identity travels in every checkpoint (the weights themselves do not).
         self.register_buffer("backbone_fingerprint", backbone_fingerprint(self.backbone))
         word_embeddings = self.backbone.get_input_embeddings()
@@ -128,6 +145,9 @@ class CLLM4Rec(GeneralRecommender):
         if context is not None and self.max_seq_len > context:
             raise ValueError(f"max_seq_len={self.max_seq_len} exceeds the backbone's context of {context} tokens")
         self.lambda_c = config["lambda_c"]
+        if config["mutual_reg_reduction"] not in ("sum", "mean"):
+            raise ValueError(f"mutual_reg_reduction must be 'sum' or 'mean', got {config['mutual_reg_reduction']!r}")
+        self.mutual_reg_mean = config["mutual_reg_reduction"] == "mean"
         self.mask_ratio = config["mask_ratio"]
         if config["finetune_target"] not in ("all", "masked"):
             raise ValueError(f"finetune_target must be 'all' or 'masked', got {config['finetune_target']!r}")
@@ -155,6 +175,12 @@ class CLLM4Rec(GeneralRecommender):
         init_std = config["init_std"] or word_embeddings.weight.std().item()
         for table in self.id_tables():
             nn.init.normal_(table.weight, mean=0.0, std=init_std)
+        if config["item_init"] not in ("random", "text"):
+            raise ValueError(f"item_init must be 'random' or 'text', got {config['item_init']!r}")
+        if config["item_init"] == "text":
+            if not config["item_text_template"]:
+                raise ValueError("item_init: text needs item_text_template (the text each item starts from)")
+            self.init_items_from_text(field_texts(dataset, "item", config["item_text_template"]), init_std)
 
         # Soft+hard prompts, tokenized once.
         def prompt(template: str) -> SoftHardPrompt:
@@ -213,6 +239,28 @@ class CLLM4Rec(GeneralRecommender):
             raise ValueError(f"llm_dtype must be one of auto, {', '.join(dtypes)}; got {llm_dtype!r}")
         return dtypes[llm_dtype]
 
+    @torch.no_grad()
+    def init_items_from_text(self, texts: list[str], init_std: float) -> None:
+        """Both item tables start at the mean word embedding of each item's text, rescaled to ``init_std``.
+
+        Items that share words (a brand, a genre) start close together, so the item head ranks them
+        alike before any interaction is seen; both sides start equal, so mutual regularization
+        starts at zero for items. Items without text keep their random init.
+        """
+        has_text = [i for i, text in enumerate(texts) if i > 0 and text]
+        if not has_text:
+            return
+        pieces = self.tokenizer([" " + texts[i] for i in has_text], add_special_tokens=False)["input_ids"]
+        flat = torch.tensor([t for piece in pieces for t in piece], dtype=torch.long)
+        offsets = torch.tensor([0] + [len(piece) for piece in pieces[:-1]]).cumsum(0)
+        words = self.backbone.get_input_embeddings().weight.detach().float().cpu()
+        means = F.embedding_bag(flat, words, offsets, mode="mean")
+        means = means - means.mean(dim=0)
+        means = means / means.std() * init_std
+        rows = torch.tensor(has_text)
+        for table in (self.collaborative_item_emb, self.content_item_emb):
+            table.weight[rows] = means.to(table.weight)
+
     def id_tables(self) -> list[nn.Embedding]:
         return [self.collaborative_user_emb, self.collaborative_item_emb, self.content_user_emb, self.content_item_emb]
 
@@ -229,9 +277,10 @@ class CLLM4Rec(GeneralRecommender):
         raise ValueError(side)
 
     def train(self, mode: bool = True):
-        """The frozen backbone always runs in eval mode: no dropout noise on weights that never train."""
+        """The frozen backbone runs in eval mode (no dropout noise on weights that never train) unless
+        ``llm_dropout`` asks for dropout while training, as the public code leaves GPT-2's on."""
         super().train(mode)
-        self.backbone.eval()
+        self.backbone.train(mode and self.llm_dropout > 0)
         return self
 
     def state_dict(self, *args, **kwargs):
@@ -282,14 +331,21 @@ class CLLM4Rec(GeneralRecommender):
             out = self.backbone_body(inputs_embeds=self.embed(ids, side), attention_mask=attention_mask.long())
         return out.last_hidden_state.float()
 
-    def mutual_regularization(self, ids: torch.Tensor, side: str) -> torch.Tensor:
-        """``sum ||e_side - stopgrad(e_other)||^2`` over the ID tokens (with repeats) in ``ids``."""
+    def mutual_regularization(self, ids: torch.Tensor, side: str, batch_ids: torch.Tensor) -> torch.Tensor:
+        """``lambda_c * sum ||e_side - stopgrad(e_other)||^2`` over the ID tokens (with repeats) in ``ids``.
+
+        With ``mutual_reg_reduction: mean`` the sum is divided by the number of ID tokens in
+        ``batch_ids``, the whole batch's documents (``ids`` may be this rank's share of them).
+        """
         other = "content" if side == "collaborative" else "collaborative"
         id_ids = ids[ids >= self.vocab_size]
         mine = self.embed(id_ids, side)
         with torch.no_grad():
             theirs = self.embed(id_ids, other)
-        return ((mine - theirs) ** 2).sum()
+        reg = ((mine - theirs) ** 2).sum()
+        if self.mutual_reg_mean:
+            reg = reg / (batch_ids >= self.vocab_size).sum().clamp(min=1).to(reg.device)
+        return self.lambda_c * reg
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Item head tied to the collaborative item embeddings, no bias; padding item 0 excluded."""
@@ -378,9 +434,9 @@ class CLLM4Rec(GeneralRecommender):
 
     def collaborative_lm_loss(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-item loss over the item vocabulary, and the mutual regularization toward content."""
-        ids, length, items = self.collaborative_documents(users)
+        batch_ids, length, items = self.collaborative_documents(users)
         n_targets = (items > 0).sum().clamp(min=1)
-        ids, length, items = self.own_rows(ids, length, items)
+        ids, length, items = self.own_rows(batch_ids, length, items)
         ids, items = ids[:, : int(length.max())], items[:, : int(items.gt(0).sum(1).max())]
         hidden = self.hidden_states(ids, length, "collaborative")
         p = len(self.collaborative_prompt)
@@ -389,12 +445,13 @@ class CLLM4Rec(GeneralRecommender):
         predictors = hidden[:, p - 1 : p - 1 + items.shape[1]][valid]
         targets = self.collaborative_item_emb(items[valid])
         loss = (self.item_log_partition(predictors) - (predictors * targets).sum(dim=1)).sum() / n_targets
-        return loss, self.lambda_c * self.mutual_regularization(ids, "collaborative")
+        return loss, self.mutual_regularization(ids, "collaborative", batch_ids)
 
     def content_lm_loss(self, docs: torch.Tensor, regularize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-word loss over the word vocabulary on the main text of content documents ``docs``."""
         docs = docs.cpu()
         n_targets = (self.content_docs.length[docs] - self.content_docs.prompt_length[docs]).sum().clamp(min=1)
+        batch_ids = self.content_docs.ids[docs]
         (docs,) = self.own_rows(docs)
         length = self.content_docs.length[docs].to(self.device)
         prompt_length = self.content_docs.prompt_length[docs].to(self.device)
@@ -406,13 +463,13 @@ class CLLM4Rec(GeneralRecommender):
         with self.autocast():  # the word head is a 49k-row matmul: as costly as several layers
             logits = self.backbone.get_output_embeddings()(hidden[predicts]).float()
         loss = F.cross_entropy(logits[:, : self.vocab_size], targets, reduction="sum") / n_targets.to(self.device)
-        reg = self.lambda_c * self.mutual_regularization(ids, "content") if regularize else loss.new_zeros(())
+        reg = self.mutual_regularization(ids, "content", batch_ids) if regularize else loss.new_zeros(())
         return loss, reg
 
     def recommendation_loss(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Multinomial loss of the masked-history prompt over all items, and the regularization."""
-        ids, length, target = self.recommendation_documents(users, mask=True)
-        ids, length, target = self.own_rows(ids, length, target)
+        batch_ids, length, target = self.recommendation_documents(users, mask=True)
+        ids, length, target = self.own_rows(batch_ids, length, target)
         ids = ids[:, : int(length.max())]
         hidden = self.hidden_states(ids, length, "collaborative")
         last = hidden[torch.arange(len(length), device=ids.device), length - 1]
@@ -421,7 +478,7 @@ class CLLM4Rec(GeneralRecommender):
         n_targets = (target > 0).sum(dim=1)
         nll = n_targets * self.item_log_partition(last) - target_logits.masked_fill(target == 0, 0.0).sum(1)
         loss = nll.sum() / len(users)  # mean over the users of the whole batch
-        return loss, self.lambda_c * self.mutual_regularization(ids, "collaborative")
+        return loss, self.mutual_regularization(ids, "collaborative", batch_ids)
 
     # ------------------------------------------------------------------ RecBole API
     def calculate_loss(self, interaction):
