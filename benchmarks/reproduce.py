@@ -13,8 +13,9 @@ schedule; ``tiny``: seconds, for tests). CUDA is used when present.
 
 Each finished (model, configuration) is stored under ``--work`` as JSON and skipped when the script
 is rerun; CLLM4Rec resumes from its last completed epoch. The table goes to stdout and, with
-``--out``, to ``<out>/<dataset>.md`` and ``<out>/<dataset>.csv`` (one row per model, RecBole's
-lower-case metric names, test values).
+``--out``, to ``<out>/<dataset>.md``, ``<out>/<dataset>.csv`` (one row per model, RecBole's
+lower-case metric names, test values) and ``<out>/<dataset>.png`` (the test metrics per model and
+CLLM4Rec's validation curve; needs matplotlib: ``pip install -e .[bench]``).
 """
 from __future__ import annotations
 
@@ -81,6 +82,36 @@ def hardware() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
+def plot(dataset: str, bests: list[tuple[str, dict]], path: Path) -> None:
+    """``path``: test metrics per model (bars) and each CLLM4Rec row's validation Recall@20 per finetuning epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    metrics = ["recall@20", "recall@40", "ndcg@100"]
+    width = 0.8 / len(metrics)
+    for k, metric in enumerate(metrics):
+        x = [i + (k - 1) * width for i in range(len(bests))]
+        bars.bar(x, [r["test_result"].get(metric, 0.0) for _, r in bests], width, label=metric)
+    bars.set_xticks(range(len(bests)), [name for name, _ in bests], rotation=30, ha="right")
+    bars.set_title(f"{dataset}: test set, full ranking")
+    bars.legend()
+    for name, result in bests:
+        history = [h.get("recall@20") for h in result.get("valid_history", [])]
+        if name.startswith("CLLM4Rec") and history:
+            curves.plot(range(1, len(history) + 1), history, marker="o", label=name)
+    curves.set_xlabel("finetuning epoch")
+    curves.set_ylabel("valid Recall@20")
+    curves.set_title("CLLM4Rec validation curve")
+    if curves.lines:
+        curves.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run_once(model: str, dataset: str, config: dict, work: Path) -> dict:
     """One (model, configuration); loaded from ``work`` if it finished before."""
     settings = json.dumps({k: v for k, v in config.items() if k != "data_path"}, sort_keys=True, default=str)
@@ -107,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[list]:
     parser.add_argument("--models", default=",".join(["CLLM4Rec"] + BASELINES))
     parser.add_argument("--recipe", default="gpu" if torch.cuda.is_available() else "cpu", choices=sorted(RECIPES))
     parser.add_argument("--no-sweep", action="store_true", help="RecBole defaults only for the baselines")
-    parser.add_argument("--config", action="append", default=[], help="extra key=value (yaml) for every model")
+    parser.add_argument("--config", action="append", default=[], help="key=value (yaml) for every model; wins over the recipe")
     parser.add_argument("--work", default="results/reproduce", help="finished runs and checkpoints (resume)")
     parser.add_argument("--out", default=None, help="write <dataset>.md and <dataset>.csv here")
     args = parser.parse_args(argv)
@@ -120,13 +151,13 @@ def main(argv: list[str] | None = None) -> list[list]:
         "valid_metric": "Recall@20",
         "show_progress": False,
         "use_gpu": torch.cuda.is_available(),
-        **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.config)},
     }
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.config)}
     if args.data_path:
         common["data_path"] = args.data_path
     work = Path(args.work) / args.dataset
     header = ["model"] + METRICS + ["valid recall@20", "train time (s)", "eval time (s)", "configuration", "split"]
-    rows = []
+    rows, bests = [], []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         if model.startswith("CLLM4Rec"):
             if model not in VARIANTS:
@@ -134,8 +165,9 @@ def main(argv: list[str] | None = None) -> list[list]:
             variants = [{**RECIPES[args.recipe], **VARIANTS[model]}]
         else:
             variants = [{}] if args.no_sweep else SWEEPS.get(model, [{}])
-        results = [run_once(model, args.dataset, {**common, **v}, work) for v in variants]
+        results = [run_once(model, args.dataset, {**common, **v, **overrides}, work) for v in variants]
         best = max(results, key=lambda r: r["best_valid_result"].get("recall@20", float("-inf")))
+        bests.append((model, best))
         choice = {k: v for k, v in best["config"].items() if k not in common}
         rows.append(
             [model]
@@ -156,6 +188,7 @@ def main(argv: list[str] | None = None) -> list[list]:
         (out / f"{args.dataset}.md").write_text(f"## {title}\n\n`{command}`\n\n{table}\n")
         with open(out / f"{args.dataset}.csv", "w", newline="") as f:
             csv.writer(f).writerows([header + ["hardware"]] + [row + [hardware()] for row in rows])
+        plot(args.dataset, bests, out / f"{args.dataset}.png")
     return rows
 
 

@@ -1,6 +1,7 @@
 """benchmarks/reproduce.py (the GPU recipe's script) on CPU with the tiny recipe: rows, files, resume."""
 import csv
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,47 @@ def test_reproduce_runs_every_model_once_and_writes_the_table(tiny_data, monkeyp
     assert all(float(r["paperrecall@20"]) >= float(r["recall@20"]) for r in table)
     assert len({r["split"] for r in table}) == 1
     assert len(list((tiny_data / "work" / "tiny").glob("EASE-*.json"))) == 2  # both sweep points ran
+    assert (tiny_data / "out" / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cllm4rec = json.loads(next((tiny_data / "work" / "tiny").glob("CLLM4Rec-*.json")).read_text())
+    assert len(cllm4rec["valid_history"]) == 1  # one finetuning epoch: one point of the validation curve
+    assert cllm4rec["valid_history"][0]["recall@20"] == cllm4rec["best_valid_result"]["recall@20"]
 
     # a rerun trains nothing: every finished run is read back
     monkeypatch.setattr(reproduce, "run_model", lambda *a, **k: pytest.fail("ran a finished model again"))
     assert reproduce.main(args) == rows
+
+
+def test_gpu_script_runs_the_gpu_recipe_on_cpu_with_a_tiny_backbone(tiny_data):
+    """benchmarks/gpu_reproduce.sh as a lent GPU machine runs it (no pack here: nothing to unpack)."""
+    import os
+    import subprocess
+    import sys
+
+    script = SCRIPT.parent / "gpu_reproduce.sh"
+    out = tiny_data / "out"
+    tiny = [
+        "--config=llm=tiny-random", "--config=content_warmup_epochs=1", "--config=pretrain_epochs=1",
+        "--config=epochs=2", "--config=train_batch_tokens=256", f"--config=llm_cache_dir={tiny_data / 'cache'}",
+        "--config=load_col={inter: [user_id, item_id], item: [item_id, title, genre]}",
+        "--config=item_text_template='{title}.'", "--config=topk=[20, 40]",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHON": sys.executable}
+    subprocess.run(
+        ["bash", str(script), "no-pack", str(tiny_data), str(out), "--dataset=tiny", "--recipe=gpu",
+         "--models=CLLM4Rec,Pop", *tiny],
+        check=True, env=env, cwd=tiny_data, capture_output=True,
+    )  # fmt: skip
+    with open(out / "tiny.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["model"] for r in table] == ["CLLM4Rec", "Pop"]
+    run = json.loads(next((out / "work" / "tiny").glob("CLLM4Rec-*.json")).read_text())
+    # the gpu recipe's own keys, under the tiny overrides
+    assert run["config"]["finetune_content"] is True and run["config"]["learning_rate"] == 1e-4
+    assert run["config"]["pretrain_epochs"] == 1 and len(run["valid_history"]) == 2
+    assert "finetune/content" in run["stage_seconds"]
+    assert (out / "reproduce.log").stat().st_size > 0
+
+
+def test_unknown_variant_is_refused(tiny_data):
+    with pytest.raises(SystemExit, match="unknown CLLM4Rec variant"):
+        load_script().main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=CLLM4Rec-nope"])
