@@ -67,6 +67,7 @@ VARIANTS: dict[str, dict] = {
     "CLLM4Rec-text-init": {"item_init": "text"},
     "CLLM4Rec-dropout": {"llm_dropout": 0.1},
     "CLLM4Rec-no-pretraining": {"content_warmup_epochs": 0, "pretrain_epochs": 0},
+    "CLLM4Rec-standardized-head": {"item_head": "standardized"},
 }  # fmt: skip
 METRICS = ["recall@20", "recall@40", "ndcg@100", "paperrecall@20", "paperrecall@40"]
 

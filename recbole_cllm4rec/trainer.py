@@ -317,6 +317,11 @@ class CLLM4RecTrainer(Trainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self.pretrain(show_progress=show_progress)
         self.finetuning = True
+        model = self.model
+        if model.standardized_head and not model.head_calibrated:
+            # the same users on every rank: the statistics are identical everywhere
+            model.eval()
+            model.calibrate_item_head(self.train_users[: self.config["head_calibration_users"]].to(self.device))
 
         def after_validation(epoch_idx, valid_score):
             self._save_resume_point(epoch_idx)

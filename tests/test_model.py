@@ -302,3 +302,43 @@ def test_llm_dropout_is_on_while_training_only(tiny_data):
     _, plain, _ = make_model(tiny_data)
     plain.train()
     assert not plain.backbone.training
+
+
+def test_standardized_head_is_a_multinomial_over_standardized_states_plus_an_item_bias(tiny_data):
+    _, model, _ = make_model(tiny_data, item_head="standardized")
+    calibration = torch.arange(1, 21)
+    model.calibrate_item_head(calibration)
+    assert bool(model.head_calibrated)
+    ids, length, _ = model.recommendation_documents(calibration, mask=False)
+    last = model.hidden_states(ids, length, "collaborative")[torch.arange(20), length - 1]
+    standardized = (last - model.hidden_mean) / model.hidden_std
+    assert torch.allclose(standardized.mean(0), torch.zeros(model.hidden_mean.shape), atol=1e-4)
+    assert torch.allclose(standardized.std(0), torch.ones(model.hidden_mean.shape), atol=1e-4)
+
+    with torch.no_grad():
+        model.item_bias.weight.normal_()
+    torch.manual_seed(0)
+    users = torch.tensor([1, 2, 3])
+    ids, length, goal = model.recommendation_documents(users, mask=True)
+    torch.manual_seed(0)
+    loss, _ = model.recommendation_loss(users)
+    hidden = model.hidden_states(ids, length, "collaborative")
+    expected = 0.0
+    for row in range(3):
+        h = (hidden[row, length[row] - 1] - model.hidden_mean) / model.hidden_std
+        logits = h @ model.collaborative_item_emb.weight.T + model.item_bias.weight[:, 0]
+        expected -= logits[1:].log_softmax(-1)[goal[row][goal[row] > 0] - 1].sum().item()
+    assert loss.item() == pytest.approx(expected / 3, rel=1e-5)
+    loss.backward()
+    assert model.item_bias.weight.grad.abs().sum() > 0
+    assert any(p is model.item_bias.weight for p in model.trainable_parameters())
+
+
+def test_trainer_calibrates_the_standardized_head_once_when_finetuning_starts(tiny_data):
+    from recbole_cllm4rec.quick_start import run_model
+    from recbole_cllm4rec.trainer import load_checkpoint
+
+    config = tiny_config_dict(tiny_data, item_head="standardized", head_calibration_users=8)
+    result = run_model("CLLM4Rec", "tiny", config_dict=config)
+    state = load_checkpoint(result["checkpoint"], "cpu")["state_dict"]
+    assert bool(state["head_calibrated"]) and not torch.equal(state["hidden_std"], torch.ones_like(state["hidden_std"]))

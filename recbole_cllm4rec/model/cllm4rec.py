@@ -154,6 +154,9 @@ class CLLM4Rec(GeneralRecommender):
         self.finetune_target = config["finetune_target"]
         self.item_reorder = config["item_reorder"]
         self.item_chunk_size = config["item_chunk_size"]
+        if config["item_head"] not in ("tied", "standardized"):
+            raise ValueError(f"item_head must be 'tied' or 'standardized', got {config['item_head']!r}")
+        self.standardized_head = config["item_head"] == "standardized"
         # (rank, world size) under data parallelism: every rank builds the documents of the whole
         # batch (so random reordering and masking match one process) and runs its own rows; losses
         # are divided by the whole batch's target count, so gradients summed over ranks are exactly
@@ -175,6 +178,14 @@ class CLLM4Rec(GeneralRecommender):
         init_std = config["init_std"] or word_embeddings.weight.std().item()
         for table in self.id_tables():
             nn.init.normal_(table.weight, mean=0.0, std=init_std)
+        if self.standardized_head:
+            # per-dimension mean and std of the recommendation prompt's last hidden state, measured
+            # once when finetuning starts (calibrate_item_head), and an item bias: see item_head_inputs
+            self.item_bias = nn.Embedding(self.n_items, 1)
+            nn.init.zeros_(self.item_bias.weight)
+            self.register_buffer("hidden_mean", torch.zeros(dim))
+            self.register_buffer("hidden_std", torch.ones(dim))
+            self.register_buffer("head_calibrated", torch.tensor(False))
         if config["item_init"] not in ("random", "text"):
             raise ValueError(f"item_init must be 'random' or 'text', got {config['item_init']!r}")
         if config["item_init"] == "text":
@@ -265,8 +276,10 @@ class CLLM4Rec(GeneralRecommender):
         return [self.collaborative_user_emb, self.collaborative_item_emb, self.content_user_emb, self.content_item_emb]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The only parameters that train: the weights of the four ID tables."""
-        return [table.weight for table in self.id_tables()]
+        """The only parameters that train: the weights of the four ID tables (and the item bias of the
+        standardized item head)."""
+        extra = [self.item_bias.weight] if self.standardized_head else []
+        return [table.weight for table in self.id_tables()] + extra
 
     def tables(self, side: str) -> tuple[nn.Embedding, nn.Embedding]:
         """(user, item) embedding tables of one side: ``collaborative`` or ``content``."""
@@ -347,15 +360,33 @@ class CLLM4Rec(GeneralRecommender):
             reg = reg / (batch_ids >= self.vocab_size).sum().clamp(min=1).to(reg.device)
         return self.lambda_c * reg
 
+    def item_head_inputs(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, weight) of the recommendation head: ``logits = features @ weight.T``.
+
+        ``tied`` (paper): the last hidden state against the collaborative item embeddings, no bias.
+        ``standardized``: a frozen LM's last hidden states are nearly parallel (a shared component
+        several times larger than what varies between users), so with the tied head every logit is
+        mostly one shared term and the part that tells users apart is small: each hidden dimension is
+        standardized with statistics measured when finetuning starts, and an item bias takes over the
+        shared (popularity) term. Still tied to the item embeddings; the bias is the constant feature.
+        """
+        weight = self.collaborative_item_emb.weight
+        if not self.standardized_head:
+            return hidden, weight
+        features = (hidden - self.hidden_mean) / self.hidden_std
+        features = torch.cat([features, features.new_ones(len(features), 1)], dim=1)
+        return features, torch.cat([weight, self.item_bias.weight], dim=1)
+
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Item head tied to the collaborative item embeddings, no bias; padding item 0 excluded."""
-        logits = hidden @ self.collaborative_item_emb.weight.T
+        """Scores of every item from the recommendation prompt's last hidden states; padding item 0 excluded."""
+        features, weight = self.item_head_inputs(hidden)
+        logits = features @ weight.T
         logits[..., 0] = float("-inf")
         return logits
 
-    def item_log_partition(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``logsumexp`` of the item head's logits per row, chunked over ``item_chunk_size`` items."""
-        return ItemLogSumExp.apply(hidden, self.collaborative_item_emb.weight, self.item_chunk_size)
+    def item_log_partition(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``logsumexp`` over items of ``hidden @ weight.T`` per row, chunked over ``item_chunk_size`` items."""
+        return ItemLogSumExp.apply(hidden, weight, self.item_chunk_size)
 
     # ------------------------------------------------------------------ documents
     def shuffled_history(self, users: torch.Tensor, shuffle: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -444,7 +475,8 @@ class CLLM4Rec(GeneralRecommender):
         valid = items > 0
         predictors = hidden[:, p - 1 : p - 1 + items.shape[1]][valid]
         targets = self.collaborative_item_emb(items[valid])
-        loss = (self.item_log_partition(predictors) - (predictors * targets).sum(dim=1)).sum() / n_targets
+        log_partition = self.item_log_partition(predictors, self.collaborative_item_emb.weight)
+        loss = (log_partition - (predictors * targets).sum(dim=1)).sum() / n_targets
         return loss, self.mutual_regularization(ids, "collaborative", batch_ids)
 
     def content_lm_loss(self, docs: torch.Tensor, regularize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -472,11 +504,11 @@ class CLLM4Rec(GeneralRecommender):
         ids, length, target = self.own_rows(batch_ids, length, target)
         ids = ids[:, : int(length.max())]
         hidden = self.hidden_states(ids, length, "collaborative")
-        last = hidden[torch.arange(len(length), device=ids.device), length - 1]
+        features, weight = self.item_head_inputs(hidden[torch.arange(len(length), device=ids.device), length - 1])
         # -sum over target items of log softmax = n_targets * logsumexp - sum of target logits
-        target_logits = torch.bmm(self.collaborative_item_emb(target), last[:, :, None]).squeeze(2)
+        target_logits = torch.bmm(F.embedding(target, weight), features[:, :, None]).squeeze(2)
         n_targets = (target > 0).sum(dim=1)
-        nll = n_targets * self.item_log_partition(last) - target_logits.masked_fill(target == 0, 0.0).sum(1)
+        nll = n_targets * self.item_log_partition(features, weight) - target_logits.masked_fill(target == 0, 0.0).sum(1)
         loss = nll.sum() / len(users)  # mean over the users of the whole batch
         return loss, self.mutual_regularization(ids, "collaborative", batch_ids)
 
@@ -494,13 +526,27 @@ class CLLM4Rec(GeneralRecommender):
         """
         users = interaction[self.USER_ID]
         scores = torch.empty(len(users), self.n_items, device=users.device)
+        for chunk, last in self.last_hidden_states(users):
+            scores[chunk] = self.item_logits(last)
+        return scores
+
+    def last_hidden_states(self, users: torch.Tensor):
+        """(positions in ``users``, last hidden states) of the full-history recommendation prompts,
+        one pack of similar-length prompts (``eval_batch_tokens``) at a time."""
         lengths = self.document_lengths("scoring", users).cpu()
         for chunk in token_budget_batches(lengths, self.eval_batch_tokens, shuffle=False):
             chunk = chunk.to(users.device)
             ids, length, _ = self.recommendation_documents(users[chunk], mask=False)
             hidden = self.hidden_states(ids, length, "collaborative")
-            scores[chunk] = self.item_logits(hidden[torch.arange(len(chunk), device=ids.device), length - 1])
-        return scores
+            yield chunk, hidden[torch.arange(len(chunk), device=ids.device), length - 1]
+
+    @torch.no_grad()
+    def calibrate_item_head(self, users: torch.Tensor) -> None:
+        """Measure the standardized head's per-dimension mean and std on ``users``' full-history prompts."""
+        hidden = torch.cat([last for _, last in self.last_hidden_states(users)])
+        self.hidden_mean.copy_(hidden.mean(dim=0))
+        self.hidden_std.copy_(hidden.std(dim=0).clamp(min=1e-6))
+        self.head_calibrated.fill_(True)
 
     def predict(self, interaction) -> torch.Tensor:
         scores = self.full_sort_predict(interaction)
