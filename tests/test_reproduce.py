@@ -78,3 +78,5 @@ def test_gpu_script_runs_the_gpu_recipe_on_cpu_with_a_tiny_backbone(tiny_data):
 def test_unknown_variant_is_refused(tiny_data):
     with pytest.raises(SystemExit, match="unknown CLLM4Rec variant"):
         load_script().main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=CLLM4Rec-nope"])
+    with pytest.raises(SystemExit, match="unknown recipe"):
+        load_script().main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=CLLM4Rec-paper@nope"])

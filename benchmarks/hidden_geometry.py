@@ -1,0 +1,77 @@
+"""How much of the recommendation prompt's last hidden state tells users apart. Prints a table.
+
+    python benchmarks/hidden_geometry.py --dataset=ml-100k --layers=4,30 --users=64
+
+CLLM4Rec's item head scores items with the last hidden state of
+``{user} has interacted with <items>, {user} will interact with``. With a frozen LM that state is
+mostly a component shared by every user; this measures, at initialisation, its size next to what
+varies between users, the mean cosine between users' states, and how far swapping the user token
+moves the state (what the item head has to work with, and why ``item_head: standardized`` exists).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import recbole_cllm4rec  # noqa: E402,F401
+from recbole_cllm4rec.quick_start import isolated_argv, markdown_table  # noqa: E402
+
+
+def measure(dataset: str, layers: int | None, n_users: int, extra: dict) -> list:
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
+
+    with isolated_argv():
+        config = Config(model="CLLM4Rec", dataset=dataset, config_dict={"llm_layers": layers, "state": "WARNING", **extra})
+    init_seed(config["seed"], config["reproducibility"])
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = CLLM4Rec(config, train.dataset).eval()
+    users = torch.nonzero(model.history_len > 0).squeeze(1)[:n_users]
+    with torch.no_grad():
+        chunks = list(model.last_hidden_states(users))
+        last = torch.empty(len(users), chunks[0][1].shape[1])
+        for chunk, hidden in chunks:
+            last[chunk] = hidden
+        shared = last.mean(dim=0)
+        unit = torch.nn.functional.normalize(last, dim=1)
+        cosine = ((unit @ unit.T).sum() - len(users)) / (len(users) * (len(users) - 1))
+        # the same prompts with every user token replaced by another user's
+        other = users.roll(1)
+        ids, length, _ = model.recommendation_documents(users, mask=False)
+        swapped = ids.clone()
+        is_user = (ids >= model.vocab_size) & (ids < model.vocab_size + model.n_users)
+        swapped[is_user] = (model.vocab_size + other[:, None].expand_as(ids))[is_user]
+        moved = model.hidden_states(swapped, length, "collaborative")[torch.arange(len(users)), length - 1]
+    n_layers = len(model.backbone.base_model.layers)
+    return [
+        n_layers,
+        round(shared.norm().item(), 2),
+        round((last - shared).norm(dim=1).mean().item(), 2),
+        round(cosine.item(), 3),
+        round((moved - last).norm(dim=1).mean().item(), 2),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--data_path", default=None)
+    parser.add_argument("--layers", default="4,30", help="comma-separated llm_layers values")
+    parser.add_argument("--users", type=int, default=64)
+    args = parser.parse_args(argv)
+    extra = {"data_path": args.data_path} if args.data_path else {}
+    rows = [measure(args.dataset, int(n), args.users, extra) for n in args.layers.split(",")]
+    header = ["layers", "|shared state|", "mean |state - shared|", "mean cosine between users", "mean move, user token swapped"]
+    print(f"{args.dataset}, {args.users} users, SmolLM2-135M at initialisation\n")
+    print(markdown_table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
