@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared command for a lent GPU machine: unpack what gpu_pack.sh carried (if PACK exists),
 # run benchmarks/reproduce.py (default recipe there: gpu, the paper's schedule) and leave every
-# result under OUT: per-run JSON and checkpoints (OUT/work, so a second call resumes), the table,
-# CSV and plot, and the log. Extra arguments go to reproduce.py.
+# result under OUT: the table, CSV, plot and log, and a copy of the per-run JSON and checkpoints
+# (kept in the ignored WORK=results/reproduce, which stays on a warm machine between calls, so a
+# second call resumes where a call cut off by its time limit stopped). Extra arguments go to reproduce.py.
 #
 #   bash benchmarks/gpu_reproduce.sh PACK DATA_PATH OUT --dataset=amazon-beauty-paper --models=CLLM4Rec,EASE
 set -euo pipefail
@@ -12,7 +13,9 @@ if [ -d "$pack" ]; then
   bash "$(dirname "$0")/gpu_unpack.sh" "$pack" "$pack/site"
   export PYTHONPATH="$PWD/$pack/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-mkdir -p "$out"
+work=${WORK:-results/reproduce}
+mkdir -p "$out" "$work"
+trap 'cp -r "$work" "$out/work"' EXIT
 (command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv) > "$out/device.txt" || true
-"${PYTHON:-python3}" "$(dirname "$0")/reproduce.py" --data_path="$data" --work="$out/work" --out="$out" "$@" \
+"${PYTHON:-python3}" "$(dirname "$0")/reproduce.py" --data_path="$data" --work="$work" --out="$out" "$@" \
   2>&1 | tee "$out/reproduce.log"
