@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     extra = {"data_path": args.data_path} if args.data_path else {}
     rows = [measure(args.dataset, int(n), args.users, extra) for n in args.layers.split(",")]
-    header = ["layers", "|shared state|", "mean |state - shared|", "mean cosine between users", "mean move, user token swapped"]
+    header = ["layers", "norm of the shared state", "mean norm of (state - shared)", "mean cosine between users",
+              "mean move when the user token is swapped"]
     print(f"{args.dataset}, {args.users} users, SmolLM2-135M at initialisation\n")
     print(markdown_table(header, rows))
 
