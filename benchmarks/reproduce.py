@@ -64,9 +64,10 @@ RECIPES: dict[str, dict] = {
 # code trains it; the others are named ablations and options (docs/results.md says what each showed).
 PAPER = {"lambda_c": 1.0, "mutual_reg_reduction": "sum", "finetune_target": "all", "item_init": "random",
          "llm_dropout": 0.0}
+# recommended at CPU budgets (chosen on validation, docs/results.md): finetuning only
+RECOMMENDED = {"content_warmup_epochs": 0, "pretrain_epochs": 0, "lambda_c": 0.0}
 VARIANTS: dict[str, dict] = {
-    # recommended at CPU budgets (chosen on validation, docs/results.md): finetuning only
-    "CLLM4Rec": {"content_warmup_epochs": 0, "pretrain_epochs": 0, "lambda_c": 0.0},
+    "CLLM4Rec": RECOMMENDED,
     "CLLM4Rec-paper": PAPER,
     "CLLM4Rec-no-reg": {"lambda_c": 0.0},
     "CLLM4Rec-mean-reg": {"mutual_reg_reduction": "mean"},
@@ -77,6 +78,7 @@ VARIANTS: dict[str, dict] = {
     "CLLM4Rec-dropout": {"llm_dropout": 0.1},
     "CLLM4Rec-no-pretraining": {"content_warmup_epochs": 0, "pretrain_epochs": 0},
     "CLLM4Rec-standardized-head": {"item_head": "standardized"},
+    "CLLM4Rec-mask-0.5": {"mask_ratio": 0.5},
 }  # fmt: skip
 METRICS = ["recall@20", "recall@40", "ndcg@100", "paperrecall@20", "paperrecall@40"]
 
