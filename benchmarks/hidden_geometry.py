@@ -1,6 +1,6 @@
 """How much of the recommendation prompt's last hidden state tells users apart. Prints a table.
 
-    python benchmarks/hidden_geometry.py --dataset=ml-100k --layers=4,30 --users=64
+    python benchmarks/hidden_geometry.py --dataset=ml-100k --layers=4,30 --users=64 --random
 
 CLLM4Rec's item head scores items with the last hidden state of
 ``{user} has interacted with <items>, {user} will interact with``. With a frozen LM that state is
@@ -21,7 +21,7 @@ import recbole_cllm4rec  # noqa: E402,F401
 from recbole_cllm4rec.quick_start import isolated_argv, markdown_table  # noqa: E402
 
 
-def measure(dataset: str, layers: int | None, n_users: int, extra: dict) -> list:
+def measure(dataset: str, layers: int | None, n_users: int, extra: dict, pretrained: bool = True) -> list:
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
@@ -29,7 +29,10 @@ def measure(dataset: str, layers: int | None, n_users: int, extra: dict) -> list
     from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
 
     with isolated_argv():
-        config = Config(model="CLLM4Rec", dataset=dataset, config_dict={"llm_layers": layers, "state": "WARNING", **extra})
+        config = Config(
+            model="CLLM4Rec", dataset=dataset,
+            config_dict={"llm_layers": layers, "llm_pretrained": pretrained, "state": "WARNING", **extra},
+        )
     init_seed(config["seed"], config["reproducibility"])
     train, _, _ = data_preparation(config, create_dataset(config))
     model = CLLM4Rec(config, train.dataset).eval()
@@ -52,6 +55,7 @@ def measure(dataset: str, layers: int | None, n_users: int, extra: dict) -> list
     n_layers = len(model.backbone.base_model.layers)
     return [
         n_layers,
+        "pretrained" if pretrained else "random",
         round(shared.norm().item(), 2),
         round((last - shared).norm(dim=1).mean().item(), 2),
         round(cosine.item(), 3),
@@ -65,12 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--layers", default="4,30", help="comma-separated llm_layers values")
     parser.add_argument("--users", type=int, default=64)
+    parser.add_argument("--random", action="store_true", help="also the same backbones with random weights")
     args = parser.parse_args(argv)
     extra = {"data_path": args.data_path} if args.data_path else {}
-    rows = [measure(args.dataset, int(n), args.users, extra) for n in args.layers.split(",")]
-    header = ["layers", "norm of the shared state", "mean norm of (state - shared)", "mean cosine between users",
+    weights = [True, False] if args.random else [True]
+    rows = [measure(args.dataset, int(n), args.users, extra, w) for n in args.layers.split(",") for w in weights]
+    header = ["layers", "weights", "norm of the shared state", "mean norm of (state - shared)", "mean cosine between users",
               "mean move when the user token is swapped"]
-    print(f"{args.dataset}, {args.users} users, SmolLM2-135M at initialisation\n")
+    print(f"{args.dataset}, {args.users} users, SmolLM2-135M (or its architecture), at initialisation\n")
     print(markdown_table(header, rows))
 
 
