@@ -91,7 +91,8 @@ def hardware() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor() or "CPU"
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {threads} thread{'s' if threads > 1 else ''} per run"
 
 
 def plot(dataset: str, bests: list[tuple[str, dict]], path: Path) -> None:
