@@ -168,8 +168,13 @@ def test_a_single_item_history_keeps_an_empty_prompt(tiny_data):
     assert goal[0][goal[0] > 0].tolist() == [int(model.history_items[4, 0])]
 
 
-def test_recommendation_loss_is_multinomial(tiny_data):
-    _, model, _ = make_model(tiny_data)
+@pytest.mark.parametrize("head", ["tied", "standardized"])
+def test_recommendation_loss_is_multinomial(tiny_data, head):
+    _, model, _ = make_model(tiny_data, item_head=head)
+    if head == "standardized":
+        model.calibrate_item_head(torch.arange(1, 21))
+        with torch.no_grad():
+            model.item_bias.weight.normal_()
     torch.manual_seed(0)
     users = torch.tensor([1, 2, 3])
     ids, length, goal = model.recommendation_documents(users, mask=True)
@@ -178,10 +183,19 @@ def test_recommendation_loss_is_multinomial(tiny_data):
     hidden = model.hidden_states(ids, length, "collaborative")
     expected = 0.0
     for row in range(3):
-        logits = hidden[row, length[row] - 1] @ model.collaborative_item_emb.weight.T
+        h = hidden[row, length[row] - 1]
+        if head == "tied":
+            logits = h @ model.collaborative_item_emb.weight.T
+        else:  # standardized state, plus the item bias
+            h = (h - model.hidden_mean) / model.hidden_std
+            logits = h @ model.collaborative_item_emb.weight.T + model.item_bias.weight[:, 0]
         log_probs = logits[1:].log_softmax(-1)  # padding item 0 is not a candidate
         expected -= log_probs[goal[row][goal[row] > 0] - 1].sum().item()
     assert loss.item() == pytest.approx(expected / 3, rel=1e-5)
+    if head == "standardized":
+        loss.backward()
+        assert model.item_bias.weight.grad.abs().sum() > 0
+        assert any(p is model.item_bias.weight for p in model.trainable_parameters())
 
 
 def test_full_sort_scores_are_the_same_batched_and_one_by_one(tiny_data):
@@ -304,7 +318,7 @@ def test_llm_dropout_is_on_while_training_only(tiny_data):
     assert not plain.backbone.training
 
 
-def test_standardized_head_is_a_multinomial_over_standardized_states_plus_an_item_bias(tiny_data):
+def test_calibration_standardizes_the_last_hidden_states(tiny_data):
     _, model, _ = make_model(tiny_data, item_head="standardized")
     calibration = torch.arange(1, 21)
     model.calibrate_item_head(calibration)
@@ -314,24 +328,6 @@ def test_standardized_head_is_a_multinomial_over_standardized_states_plus_an_ite
     standardized = (last - model.hidden_mean) / model.hidden_std
     assert torch.allclose(standardized.mean(0), torch.zeros(model.hidden_mean.shape), atol=1e-4)
     assert torch.allclose(standardized.std(0), torch.ones(model.hidden_mean.shape), atol=1e-4)
-
-    with torch.no_grad():
-        model.item_bias.weight.normal_()
-    torch.manual_seed(0)
-    users = torch.tensor([1, 2, 3])
-    ids, length, goal = model.recommendation_documents(users, mask=True)
-    torch.manual_seed(0)
-    loss, _ = model.recommendation_loss(users)
-    hidden = model.hidden_states(ids, length, "collaborative")
-    expected = 0.0
-    for row in range(3):
-        h = (hidden[row, length[row] - 1] - model.hidden_mean) / model.hidden_std
-        logits = h @ model.collaborative_item_emb.weight.T + model.item_bias.weight[:, 0]
-        expected -= logits[1:].log_softmax(-1)[goal[row][goal[row] > 0] - 1].sum().item()
-    assert loss.item() == pytest.approx(expected / 3, rel=1e-5)
-    loss.backward()
-    assert model.item_bias.weight.grad.abs().sum() > 0
-    assert any(p is model.item_bias.weight for p in model.trainable_parameters())
 
 
 def test_trainer_calibrates_the_standardized_head_once_when_finetuning_starts(tiny_data):

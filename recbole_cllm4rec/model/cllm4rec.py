@@ -188,10 +188,8 @@ class CLLM4Rec(GeneralRecommender):
             self.register_buffer("head_calibrated", torch.tensor(False))
         if config["item_init"] not in ("random", "text"):
             raise ValueError(f"item_init must be 'random' or 'text', got {config['item_init']!r}")
-        if config["item_init"] == "text":
-            if not config["item_text_template"]:
-                raise ValueError("item_init: text needs item_text_template (the text each item starts from)")
-            self.init_items_from_text(field_texts(dataset, "item", config["item_text_template"]), init_std)
+        if config["item_init"] == "text" and not config["item_text_template"]:
+            raise ValueError("item_init: text needs item_text_template (the text each item starts from)")
 
         # Soft+hard prompts, tokenized once.
         def prompt(template: str) -> SoftHardPrompt:
@@ -224,8 +222,10 @@ class CLLM4Rec(GeneralRecommender):
             template = config[f"{source}_text_template"]
             if template:
                 ids = torch.arange(1, n)
-                texts = field_texts(dataset, source, template)[1:]
-                sources[source] = (prompt(config[f"{source}_prompt"]).ids(**{f"{source}s": ids}), texts)
+                texts = field_texts(dataset, source, template)
+                sources[source] = (prompt(config[f"{source}_prompt"]).ids(**{f"{source}s": ids}), texts[1:])
+                if source == "item" and config["item_init"] == "text":
+                    self.init_items_from_text(texts, init_std)
         if config["review_text_field"]:
             users, items, texts = review_texts(dataset, config["review_text_field"], history)
             sources["review"] = (prompt(config["review_prompt"]).ids(users=users, items=items), texts)
