@@ -38,20 +38,18 @@ def measure(dataset: str, layers: int | None, n_users: int, extra: dict, pretrai
     model = CLLM4Rec(config, train.dataset).eval()
     users = torch.nonzero(model.history_len > 0).squeeze(1)[:n_users]
     with torch.no_grad():
-        chunks = list(model.last_hidden_states(users))
-        last = torch.empty(len(users), chunks[0][1].shape[1])
-        for chunk, hidden in chunks:
-            last[chunk] = hidden
+        ids, length, _ = model.recommendation_documents(users, mask=False)
+        rows = torch.arange(len(users))
+        last = model.hidden_states(ids, length, "collaborative")[rows, length - 1]
         shared = last.mean(dim=0)
         unit = torch.nn.functional.normalize(last, dim=1)
         cosine = ((unit @ unit.T).sum() - len(users)) / (len(users) * (len(users) - 1))
         # the same prompts with every user token replaced by another user's
         other = users.roll(1)
-        ids, length, _ = model.recommendation_documents(users, mask=False)
         swapped = ids.clone()
         is_user = (ids >= model.vocab_size) & (ids < model.vocab_size + model.n_users)
         swapped[is_user] = (model.vocab_size + other[:, None].expand_as(ids))[is_user]
-        moved = model.hidden_states(swapped, length, "collaborative")[torch.arange(len(users)), length - 1]
+        moved = model.hidden_states(swapped, length, "collaborative")[rows, length - 1]
     n_layers = len(model.backbone.base_model.layers)
     return [
         n_layers,
