@@ -38,7 +38,7 @@ def measure(dataset: str, layers: int | None, n_users: int, extra: dict, pretrai
     model = CLLM4Rec(config, train.dataset).eval()
     users = torch.nonzero(model.history_len > 0).squeeze(1)[:n_users]
     with torch.no_grad():
-        ids, length, _ = model.recommendation_documents(users, mask=False)
+        ids, length, _, _ = model.recommendation_documents(users, mask=False)
         rows = torch.arange(len(users))
         last = model.hidden_states(ids, length, "collaborative")[rows, length - 1]
         shared = last.mean(dim=0)

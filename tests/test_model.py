@@ -140,12 +140,12 @@ def test_item_text_documents_follow_the_template(tiny_data):
     assert len(docs) == (model.n_items - 1) + (model.n_users - 1)  # every item and user has text
 
 
-@pytest.mark.parametrize("target", ["all", "masked"])
-def test_masking_hides_the_right_share_of_items(tiny_data, target):
-    _, model, _ = make_model(tiny_data, mask_ratio=0.2, finetune_target=target)
+@pytest.mark.parametrize("visible_weight", [1.0, 0.25, 0.0])
+def test_masking_hides_the_right_share_of_items(tiny_data, visible_weight):
+    _, model, _ = make_model(tiny_data, mask_ratio=0.2, visible_target_weight=visible_weight)
     v, n_users = model.vocab_size, model.n_users
     users = torch.arange(1, model.n_users)
-    ids, length, goal = model.recommendation_documents(users, mask=True)
+    ids, length, goal, not_shown = model.recommendation_documents(users, mask=True)
     suffix = model.recommendation_suffix.ids(users=users)
     for row, u in enumerate(users.tolist()):
         full = set(history(model, u))
@@ -155,17 +155,40 @@ def test_masking_hides_the_right_share_of_items(tiny_data, target):
         assert len(hidden) == max(1, math.floor(0.2 * len(full)))
         assert len(visible) == len(set(visible)) and set(visible) <= full
         assert row_ids[-suffix.shape[1] :] == suffix[row].tolist()
-        expected_target = full if target == "all" else hidden
-        assert set(goal[row][goal[row] > 0].tolist()) == expected_target
-        assert (goal[row] > 0).sum() == len(expected_target)
+        assert sorted(goal[row][goal[row] > 0].tolist()) == sorted(full)  # every training item is a target
+        assert set(goal[row][not_shown[row]].tolist()) == hidden
+        assert not not_shown[row][goal[row] == 0].any()
 
 
 def test_a_single_item_history_keeps_an_empty_prompt(tiny_data):
-    _, model, _ = make_model(tiny_data, finetune_target="masked")
+    _, model, _ = make_model(tiny_data, visible_target_weight=0.0)
     model.history_len[4] = 1
-    ids, length, goal = model.recommendation_documents(torch.tensor([4]), mask=True)
+    ids, length, goal, not_shown = model.recommendation_documents(torch.tensor([4]), mask=True)
     assert length.item() == len(model.recommendation_prefix) + len(model.recommendation_suffix)
-    assert goal[0][goal[0] > 0].tolist() == [int(model.history_items[4, 0])]
+    assert goal[0][not_shown[0]].tolist() == [int(model.history_items[4, 0])]
+
+
+def test_items_beyond_max_seq_len_are_hidden_targets_and_scoring_shows_the_most_recent(tiny_data):
+    _, model, (train, _, _) = make_model(tiny_data, mask_ratio=0.2, visible_target_weight=0.5)
+    v, n_users = model.vocab_size, model.n_users
+    budget = 5  # items the prompt has room for (the byte-level tiny tokenizer spells the prompt out)
+    model.max_seq_len = len(model.recommendation_prefix) + len(model.recommendation_suffix) + budget
+    users = torch.nonzero(model.history_len > budget + 2).squeeze(1)
+    assert len(users) > 0
+    ids, length, goal, not_shown = model.recommendation_documents(users, mask=True)
+    shown = ((ids >= v + n_users).sum(1)).tolist()
+    assert shown == [budget] * len(users)
+    for row in range(len(users)):
+        n_hidden = int(not_shown[row].sum())
+        assert n_hidden == int(model.history_len[users[row]]) - budget  # masked + cut off
+    # scoring: the first `budget` stored items, which are the most recent training interactions
+    ids, length, _, _ = model.recommendation_documents(users, mask=False)
+    inter = train.dataset.inter_feat
+    for row, u in enumerate(users.tolist()):
+        times = inter["timestamp"][inter["user_id"] == u]
+        items = inter["item_id"][inter["user_id"] == u]
+        recent = set(items[times.argsort(descending=True)][:budget].tolist())
+        assert {t - v - n_users for t in ids[row].tolist() if t >= v + n_users} == recent
 
 
 @pytest.mark.parametrize("head", ["tied", "standardized"])
@@ -177,7 +200,7 @@ def test_recommendation_loss_is_multinomial(tiny_data, head):
             model.item_bias.weight.normal_()
     torch.manual_seed(0)
     users = torch.tensor([1, 2, 3])
-    ids, length, goal = model.recommendation_documents(users, mask=True)
+    ids, length, goal, not_shown = model.recommendation_documents(users, mask=True)
     torch.manual_seed(0)
     loss, _ = model.recommendation_loss(users)
     hidden = model.hidden_states(ids, length, "collaborative")
@@ -191,7 +214,7 @@ def test_recommendation_loss_is_multinomial(tiny_data, head):
             logits = h @ model.collaborative_item_emb.weight.T + model.item_bias.weight[:, 0]
         log_probs = logits[1:].log_softmax(-1)  # padding item 0 is not a candidate
         expected -= log_probs[goal[row][goal[row] > 0] - 1].sum().item()
-    assert loss.item() == pytest.approx(expected / 3, rel=1e-5)
+    assert loss.item() == pytest.approx(expected / model.users_per_batch, rel=1e-5)
     if head == "standardized":
         loss.backward()
         assert model.item_bias.weight.grad.abs().sum() > 0
@@ -323,7 +346,7 @@ def test_calibration_standardizes_the_last_hidden_states(tiny_data):
     calibration = torch.arange(1, 21)
     model.calibrate_item_head(calibration)
     assert bool(model.head_calibrated)
-    ids, length, _ = model.recommendation_documents(calibration, mask=False)
+    ids, length, _, _ = model.recommendation_documents(calibration, mask=False)
     last = model.hidden_states(ids, length, "collaborative")[torch.arange(20), length - 1]
     standardized = (last - model.hidden_mean) / model.hidden_std
     assert torch.allclose(standardized.mean(0), torch.zeros(model.hidden_mean.shape), atol=1e-4)

@@ -43,6 +43,40 @@ from recbole_cllm4rec.corpus import (
 )
 
 
+# What the item head reads: the last token's state (paper), the mean over the document's states, the
+# mean over the visible item tokens' states (and the last token's), or attention pooling with a
+# learned query over the document.
+READOUTS = ("last", "mean", "items", "attention")
+
+
+def stored_history(dataset, seed: int) -> torch.Tensor:
+    """Each user's training items ``[n_users, max_len]`` (0-padded), without repeats, most recent first.
+
+    Most recent by the dataset's time field when it has one (a re-interaction counts at its latest
+    time), otherwise a random order drawn from ``seed``. Where a prompt has room for only part of a
+    history, it shows the first items: at scoring the most recent ones (or a random subset, like
+    the subsets finetuning shows), never an order RecBole happened to produce.
+    """
+    if dataset.time_field and dataset.time_field in dataset.inter_feat:
+        items, keys, _ = dataset.history_item_matrix(value_field=dataset.time_field)  # one call: aligned
+        items, keys = items.long(), keys.double()
+    else:
+        items = dataset.history_item_matrix()[0].long()
+        keys = torch.rand(items.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    keys = keys.masked_fill(items == 0, float("-inf"))
+    order = keys.argsort(dim=1, descending=True, stable=True)  # most recent first, padding last
+    items = items.gather(1, order)
+    # drop repeats, keeping each item's first (most recent) place
+    sentinel = int(items.max()) + 1
+    by_item = torch.where(items > 0, items, sentinel).sort(dim=1, stable=True)
+    repeat_sorted = torch.zeros_like(items, dtype=torch.bool)
+    repeat_sorted[:, 1:] = by_item.values[:, 1:] == by_item.values[:, :-1]
+    repeat = torch.zeros_like(repeat_sorted).scatter_(1, by_item.indices, repeat_sorted)
+    items = items.masked_fill(repeat, 0)
+    keep_order = (items == 0).long().argsort(dim=1, stable=True)  # compact: items first, in order
+    return items.gather(1, keep_order)
+
+
 def backbone_fingerprint(backbone: nn.Module) -> torch.Tensor:
     """A BLAKE2b digest of the backbone's weights (names, shapes, bytes) as a uint8 tensor."""
     digest = hashlib.blake2b(digest_size=16)
@@ -149,9 +183,12 @@ class CLLM4Rec(GeneralRecommender):
             raise ValueError(f"mutual_reg_reduction must be 'sum' or 'mean', got {config['mutual_reg_reduction']!r}")
         self.mutual_reg_mean = config["mutual_reg_reduction"] == "mean"
         self.mask_ratio = config["mask_ratio"]
-        if config["finetune_target"] not in ("all", "masked"):
-            raise ValueError(f"finetune_target must be 'all' or 'masked', got {config['finetune_target']!r}")
-        self.finetune_target = config["finetune_target"]
+        self.visible_target_weight = float(config["visible_target_weight"])
+        if not 0.0 <= self.visible_target_weight <= 1.0:
+            raise ValueError(f"visible_target_weight must be in [0, 1], got {self.visible_target_weight}")
+        if config["readout"] not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}; got {config['readout']!r}")
+        self.readout = config["readout"]
         self.item_reorder = config["item_reorder"]
         self.item_chunk_size = config["item_chunk_size"]
         if config["item_head"] not in ("tied", "standardized"):
@@ -176,8 +213,14 @@ class CLLM4Rec(GeneralRecommender):
         # N(0, 0.02) as the paper code. (At the word embeddings' own scale, SmolLM2's 0.136, the tied
         # item head starts with logits so large that the collaborative loss begins near 21 nats.)
         init_std = config["init_std"] or word_embeddings.weight.std().item()
+        # drawn from the config seed alone: loading (or converting) the backbone may consume the global
+        # random state differently from one run to the next
+        generator = torch.Generator().manual_seed(config["seed"])
         for table in self.id_tables():
-            nn.init.normal_(table.weight, mean=0.0, std=init_std)
+            nn.init.normal_(table.weight, mean=0.0, std=init_std, generator=generator)
+        if self.readout == "attention":
+            # the learned query of attention pooling; zero = mean pooling at the start
+            self.readout_query = nn.Parameter(torch.zeros(dim))
         if self.standardized_head:
             # per-dimension mean and std of the recommendation prompt's last hidden state, measured
             # once when finetuning starts (calibrate_item_head), and an item bias: see item_head_inputs
@@ -186,8 +229,8 @@ class CLLM4Rec(GeneralRecommender):
             self.register_buffer("hidden_mean", torch.zeros(dim))
             self.register_buffer("hidden_std", torch.ones(dim))
             self.register_buffer("head_calibrated", torch.tensor(False))
-        if config["item_init"] not in ("random", "text"):
-            raise ValueError(f"item_init must be 'random' or 'text', got {config['item_init']!r}")
+        if config["item_init"] not in ("random", "text", "svd"):
+            raise ValueError(f"item_init must be 'random', 'text' or 'svd', got {config['item_init']!r}")
         if config["item_init"] == "text" and not config["item_text_template"]:
             raise ValueError("item_init: text needs item_text_template (the text each item starts from)")
 
@@ -203,17 +246,15 @@ class CLLM4Rec(GeneralRecommender):
         self.recommendation_suffix = prompt(after)
 
         # Training interactions only: the collaborative corpus and the finetuning/scoring histories.
-        # Stored in ascending item id without repeats, so scores never depend on how RecBole happened
-        # to order the split, and a re-interaction is one target, not two.
-        history = dataset.history_item_matrix()[0].long()
-        sentinel = self.n_items  # sorts after every item
-        history = torch.where(history > 0, history, sentinel).sort(dim=1).values
-        repeat = torch.zeros_like(history, dtype=torch.bool)
-        repeat[:, 1:] = history[:, 1:] == history[:, :-1]
-        history = history.masked_fill(repeat, sentinel).sort(dim=1).values
-        history = history.masked_fill(history == sentinel, 0)
+        history = stored_history(dataset, config["seed"])
         self.register_buffer("history_items", history, persistent=False)
         self.register_buffer("history_len", (history > 0).sum(dim=1), persistent=False)
+        # Which ID rows each side trains (a row with no document on a side never moves from its init):
+        # mutual regularization pulls only toward trained rows. Index: extended id - vocab_size.
+        collaborative_rows = torch.zeros(self.n_users + self.n_items, dtype=torch.bool)
+        collaborative_rows[: self.n_users] = self.history_len.cpu() > 0
+        collaborative_rows[self.n_users + history[history > 0]] = True
+        self.register_buffer("collaborative_trained", collaborative_rows, persistent=False)
 
         # Content corpus: .item / .user text columns and reviews of training interactions, tokenized
         # once per dataset and backbone (cached under llm_cache_dir/corpus).
@@ -233,6 +274,17 @@ class CLLM4Rec(GeneralRecommender):
         self.content_docs: ContentDocuments = cached_content_documents(
             sources, self.tokenizer, self.max_seq_len, cache_dir, config["dataset"]
         )
+        content_rows = torch.zeros(self.n_users + self.n_items, dtype=torch.bool)
+        in_docs = self.content_docs.ids[self.content_docs.ids >= self.vocab_size].long() - self.vocab_size
+        content_rows[in_docs.unique()] = True
+        self.register_buffer("content_trained", content_rows, persistent=False)
+        if config["item_init"] == "svd":
+            self.init_from_svd(history, init_std)
+        # Every user weighs the same in the finetuning loss, whichever batch the packer puts them in:
+        # the loss is divided by a constant, the expected number of users per batch.
+        train_users = torch.nonzero(self.history_len > 0).squeeze(1)
+        mean_length = self.document_lengths("recommendation", train_users).float().mean().item() if len(train_users) else 1.0
+        self.users_per_batch = max(1.0, config["train_batch_tokens"] / mean_length)
 
     # ------------------------------------------------------------------ plumbing
     @staticmethod
@@ -272,13 +324,38 @@ class CLLM4Rec(GeneralRecommender):
         for table in (self.collaborative_item_emb, self.content_item_emb):
             table.weight[rows] = means.to(table.weight)
 
+    @torch.no_grad()
+    def init_from_svd(self, history: torch.Tensor, init_std: float) -> None:
+        """Collaborative user and item tables start at a truncated SVD of the training matrix (as E4SRec
+        starts from CF embeddings), each rescaled to ``init_std``; the content tables keep their init.
+
+        The matrix is ``D_u^-1/2 R D_i^-1/2`` (degree-normalized, so popular items do not take every
+        factor); users get ``U sqrt(S)``, items ``V sqrt(S)``, so ``user . item`` approximates it.
+        """
+        dim = self.collaborative_item_emb.embedding_dim
+        rows, cols = (history > 0).nonzero(as_tuple=True)
+        items = history[rows, cols]
+        matrix = torch.zeros(self.n_users, self.n_items)
+        matrix[rows, items] = 1.0
+        matrix = matrix / matrix.sum(1, keepdim=True).clamp(min=1).sqrt() / matrix.sum(0, keepdim=True).clamp(min=1).sqrt()
+        rank = min(dim, min(matrix.shape) - 1)
+        u, singular, v = torch.svd_lowrank(matrix, q=rank, niter=4, M=None)
+        scale = singular.sqrt()
+        for table, factors in ((self.collaborative_user_emb, u * scale), (self.collaborative_item_emb, v * scale)):
+            factors = factors / factors[1:].std() * init_std
+            table.weight.zero_()
+            table.weight[:, :rank] = factors
+            table.weight[0].normal_(0.0, init_std)
+
     def id_tables(self) -> list[nn.Embedding]:
         return [self.collaborative_user_emb, self.collaborative_item_emb, self.content_user_emb, self.content_item_emb]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The only parameters that train: the weights of the four ID tables (and the item bias of the
-        standardized item head)."""
+        standardized item head, the attention readout's query)."""
         extra = [self.item_bias.weight] if self.standardized_head else []
+        if self.readout == "attention":
+            extra.append(self.readout_query)
         return [table.weight for table in self.id_tables()] + extra
 
     def tables(self, side: str) -> tuple[nn.Embedding, nn.Embedding]:
@@ -297,9 +374,14 @@ class CLLM4Rec(GeneralRecommender):
         return self
 
     def state_dict(self, *args, **kwargs):
-        """Only the ID tables: the frozen backbone is reloaded from ``llm``, so checkpoints stay small."""
+        """What trains, without the frozen backbone (reloaded from ``llm``), so checkpoints stay small.
+
+        Backbone parameters that do train (adapters, norms) are kept: only frozen weights are dropped.
+        """
         state = super().state_dict(*args, **kwargs)
-        for key in [k for k in state if k.startswith("backbone.")]:
+        prefix = kwargs.get("prefix", "")
+        trains = {prefix + name for name, p in self.named_parameters() if p.requires_grad}
+        for key in [k for k in state if k.startswith(prefix + "backbone.") and k not in trains]:
             del state[key]
         return state
 
@@ -312,7 +394,8 @@ class CLLM4Rec(GeneralRecommender):
                 "(the fingerprints of the frozen weights differ): load it with the backbone it was trained on."
             )
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
+        trains = {name for name, p in self.named_parameters() if p.requires_grad}
+        missing = [k for k in result.missing_keys if not k.startswith("backbone.") or k in trains]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(
                 f"CLLM4Rec checkpoint does not match: missing {missing}, unexpected {result.unexpected_keys}"
@@ -341,17 +424,23 @@ class CLLM4Rec(GeneralRecommender):
         """Last-layer hidden states (fp32) of right-padded documents ``ids[:, :length]``."""
         attention_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < length[:, None]
         with self.autocast():
-            out = self.backbone_body(inputs_embeds=self.embed(ids, side), attention_mask=attention_mask.long())
+            out = self.backbone_body(
+                inputs_embeds=self.embed(ids, side), attention_mask=attention_mask.long(), use_cache=False
+            )
         return out.last_hidden_state.float()
 
     def mutual_regularization(self, ids: torch.Tensor, side: str, batch_ids: torch.Tensor) -> torch.Tensor:
         """``lambda_c * sum ||e_side - stopgrad(e_other)||^2`` over the ID tokens (with repeats) in ``ids``.
 
-        With ``mutual_reg_reduction: mean`` the sum is divided by the number of ID tokens in
-        ``batch_ids``, the whole batch's documents (``ids`` may be this rank's share of them).
+        Only toward rows the other side trains (``collaborative_trained`` / ``content_trained``): a
+        table row without any document on the other side stays at its random init, and pulling toward
+        it would only add noise. With ``mutual_reg_reduction: mean`` the sum is divided by the number
+        of ID tokens in ``batch_ids``, the whole batch's documents (``ids`` may be this rank's share).
         """
         other = "content" if side == "collaborative" else "collaborative"
+        trained = self.content_trained if other == "content" else self.collaborative_trained
         id_ids = ids[ids >= self.vocab_size]
+        id_ids = id_ids[trained[id_ids - self.vocab_size]]
         mine = self.embed(id_ids, side)
         with torch.no_grad():
             theirs = self.embed(id_ids, other)
@@ -359,6 +448,29 @@ class CLLM4Rec(GeneralRecommender):
         if self.mutual_reg_mean:
             reg = reg / (batch_ids >= self.vocab_size).sum().clamp(min=1).to(reg.device)
         return self.lambda_c * reg
+
+    def readout_states(self, hidden: torch.Tensor, ids: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """The state the item head reads from each recommendation prompt's last-layer states (``readout``).
+
+        ``last`` (paper): the last token's. A frozen LM's last states are nearly parallel across
+        users, and a long prompt dilutes them further; pooling keeps the ID tokens' own states,
+        which still carry their embeddings through the residual stream: ``mean`` over the document,
+        ``items`` over the visible item tokens and the last token, ``attention`` a softmax over the
+        document's positions with a learned query (mean pooling at initialization).
+        """
+        rows = torch.arange(len(length), device=ids.device)
+        if self.readout == "last":
+            return hidden[rows, length - 1]
+        positions = torch.arange(ids.shape[1], device=ids.device)[None, :]
+        inside = positions < length[:, None]
+        if self.readout == "attention":
+            scores = (hidden @ self.readout_query) / hidden.shape[-1] ** 0.5
+            weights = scores.masked_fill(~inside, float("-inf")).softmax(dim=1)
+            return (weights[:, :, None] * hidden).sum(dim=1)
+        if self.readout == "items":
+            inside = inside & ((ids >= self.collaborative_prompt.item_offset) | (positions == length[:, None] - 1))
+        weights = inside.float() / inside.sum(dim=1, keepdim=True)
+        return (weights[:, :, None] * hidden).sum(dim=1)
 
     def item_head_inputs(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, weight) of the recommendation head: ``logits = features @ weight.T``.
@@ -378,7 +490,7 @@ class CLLM4Rec(GeneralRecommender):
         return features, torch.cat([weight, self.item_bias.weight], dim=1)
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores of every item from the recommendation prompt's last hidden states; padding item 0 excluded."""
+        """Scores of every item from the recommendation prompts' readout states; padding item 0 excluded."""
         features, weight = self.item_head_inputs(hidden)
         logits = features @ weight.T
         logits[..., 0] = float("-inf")
@@ -412,15 +524,14 @@ class CLLM4Rec(GeneralRecommender):
         """``{user} has interacted with <visible>, {user} will interact with`` and the finetuning targets.
 
         With ``mask``, ``max(1, floor(mask_ratio * n))`` random items per user are hidden and the rest
-        shuffled; otherwise every training item is shown in stored order (scoring). Returns ids,
-        lengths and, with ``mask``, the target items ``[B, W]`` (0 = none; else ``None``).
+        shuffled; otherwise every training item is shown in stored order (scoring: most recent first).
+        Items beyond ``max_seq_len`` are not shown either. Returns ids, lengths and, with ``mask``,
+        the targets ``[B, W]`` (every training item, 0 = none) and which of them the prompt does
+        not show (else ``None, None``).
         """
         items, n = self.shuffled_history(users, shuffle=mask)
         positions = torch.arange(items.shape[1], device=items.device)[None, :]
-        n_masked, target = torch.zeros_like(n), None
-        if mask:
-            n_masked = (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
-            target = items if self.finetune_target == "all" else items.masked_fill(positions >= n_masked[:, None], 0)
+        n_masked = (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n) if mask else torch.zeros_like(n)
 
         prefix = self.recommendation_prefix.ids(users=users)
         suffix = self.recommendation_suffix.ids(users=users)
@@ -441,7 +552,8 @@ class CLLM4Rec(GeneralRecommender):
         suffix_pos = prefix.shape[1] + n_visible[:, None] + torch.arange(suffix.shape[1], device=ids.device)
         ids.scatter_(1, suffix_pos, suffix)
         length = prefix.shape[1] + n_visible + suffix.shape[1]
-        return ids[:, : int(length.max())], length, target
+        target, hidden = (items, ~take & (items > 0)) if mask else (None, None)
+        return ids[:, : int(length.max())], length, target, hidden
 
     def document_lengths(self, stage: str, units: torch.Tensor) -> torch.Tensor:
         """Token count of each document a stage builds for ``units`` (content docs or users): packs batches."""
@@ -499,18 +611,26 @@ class CLLM4Rec(GeneralRecommender):
         return loss, reg
 
     def recommendation_loss(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Multinomial loss of the masked-history prompt over all items, and the regularization."""
-        batch_ids, length, target = self.recommendation_documents(users, mask=True)
-        ids, length, target = self.own_rows(batch_ids, length, target)
+        """Weighted multinomial loss of the masked-history prompt over all items, and the regularization.
+
+        Divided by ``users_per_batch``, a constant: every user weighs the same wherever the packer
+        puts them. A target weighs 1 if the prompt hides it, ``visible_target_weight`` if it shows it.
+        The regularization covers the prompt's ID tokens and the hidden target items.
+        """
+        batch_ids, length, target, hidden = self.recommendation_documents(users, mask=True)
+        item_offset = self.collaborative_prompt.item_offset
+        batch_reg_ids = torch.cat([batch_ids.flatten(), item_offset + target[hidden]])
+        ids, length, target, hidden = self.own_rows(batch_ids, length, target, hidden)
+        weight = torch.where(hidden, 1.0, self.visible_target_weight).masked_fill(target == 0, 0.0)
         ids = ids[:, : int(length.max())]
-        hidden = self.hidden_states(ids, length, "collaborative")
-        features, weight = self.item_head_inputs(hidden[torch.arange(len(length), device=ids.device), length - 1])
-        # -sum over target items of log softmax = n_targets * logsumexp - sum of target logits
-        target_logits = torch.bmm(F.embedding(target, weight), features[:, :, None]).squeeze(2)
-        n_targets = (target > 0).sum(dim=1)
-        nll = n_targets * self.item_log_partition(features, weight) - target_logits.masked_fill(target == 0, 0.0).sum(1)
-        loss = nll.sum() / len(users)  # mean over the users of the whole batch
-        return loss, self.mutual_regularization(ids, "collaborative", batch_ids)
+        states = self.readout_states(self.hidden_states(ids, length, "collaborative"), ids, length)
+        features, head = self.item_head_inputs(states)
+        # -sum_j w_j log softmax_j = (sum_j w_j) * logsumexp - sum_j w_j * logit_j
+        target_logits = torch.bmm(F.embedding(target, head), features[:, :, None]).squeeze(2)
+        nll = weight.sum(dim=1) * self.item_log_partition(features, head) - (weight * target_logits).sum(1)
+        loss = nll.sum() / self.users_per_batch
+        reg = self.mutual_regularization(torch.cat([ids.flatten(), item_offset + target[hidden]]), "collaborative", batch_reg_ids)
+        return loss, reg
 
     # ------------------------------------------------------------------ RecBole API
     def calculate_loss(self, interaction):
@@ -526,24 +646,23 @@ class CLLM4Rec(GeneralRecommender):
         """
         users = interaction[self.USER_ID]
         scores = torch.empty(len(users), self.n_items, device=users.device)
-        for chunk, last in self.last_hidden_states(users):
-            scores[chunk] = self.item_logits(last)
+        for chunk, states in self.user_states(users):
+            scores[chunk] = self.item_logits(states)
         return scores
 
-    def last_hidden_states(self, users: torch.Tensor):
-        """(positions in ``users``, last hidden states) of the full-history recommendation prompts,
-        one pack of similar-length prompts (``eval_batch_tokens``) at a time."""
+    def user_states(self, users: torch.Tensor):
+        """(positions in ``users``, readout states) of the full-history recommendation prompts, one
+        pack of similar-length prompts (``eval_batch_tokens``) at a time."""
         lengths = self.document_lengths("scoring", users).cpu()
         for chunk in token_budget_batches(lengths, self.eval_batch_tokens, shuffle=False):
             chunk = chunk.to(users.device)
-            ids, length, _ = self.recommendation_documents(users[chunk], mask=False)
-            hidden = self.hidden_states(ids, length, "collaborative")
-            yield chunk, hidden[torch.arange(len(chunk), device=ids.device), length - 1]
+            ids, length, _, _ = self.recommendation_documents(users[chunk], mask=False)
+            yield chunk, self.readout_states(self.hidden_states(ids, length, "collaborative"), ids, length)
 
     @torch.no_grad()
     def calibrate_item_head(self, users: torch.Tensor) -> None:
         """Measure the standardized head's per-dimension mean and std on ``users``' full-history prompts."""
-        hidden = torch.cat([last for _, last in self.last_hidden_states(users)])
+        hidden = torch.cat([states for _, states in self.user_states(users)])
         self.hidden_mean.copy_(hidden.mean(dim=0))
         self.hidden_std.copy_(hidden.std(dim=0).clamp(min=1e-6))
         self.head_calibrated.fill_(True)

@@ -1,0 +1,186 @@
+"""Readout, loss weighting, regularization scope and checkpoint contents, against hand-computed values."""
+import pytest
+import torch
+from conftest import make_model
+
+import recbole_cllm4rec.model.cllm4rec as cllm4rec_module
+
+
+def prompt_states(model, users):
+    ids, length, _, _ = model.recommendation_documents(users, mask=False)
+    return ids, length, model.hidden_states(ids, length, "collaborative")
+
+
+@pytest.mark.parametrize("readout", ["last", "mean", "items", "attention"])
+def test_readout_pools_the_right_positions(tiny_data, readout):
+    _, model, _ = make_model(tiny_data, readout=readout)
+    if readout == "attention":
+        with torch.no_grad():
+            model.readout_query.normal_()
+    users = torch.tensor([1, 4, 9])
+    ids, length, hidden = prompt_states(model, users)
+    got = model.readout_states(hidden, ids, length)
+    item_offset = model.vocab_size + model.n_users
+    for row in range(3):
+        n = int(length[row])
+        states = hidden[row, :n]
+        if readout == "last":
+            expected = states[-1]
+        elif readout == "mean":
+            expected = states.mean(0)
+        elif readout == "items":
+            keep = [p for p in range(n) if ids[row, p] >= item_offset or p == n - 1]
+            assert len(keep) == int(model.history_len[users[row]]) + 1
+            expected = states[keep].mean(0)
+        else:
+            w = (states @ model.readout_query / states.shape[1] ** 0.5).softmax(0)
+            expected = (w[:, None] * states).sum(0)
+        torch.testing.assert_close(got[row], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_readout_starts_as_mean_pooling_and_trains(tiny_data):
+    _, model, _ = make_model(tiny_data, readout="attention")
+    users = torch.tensor([2, 3])
+    ids, length, hidden = prompt_states(model, users)
+    model.readout = "mean"
+    mean = model.readout_states(hidden, ids, length)
+    model.readout = "attention"
+    torch.testing.assert_close(model.readout_states(hidden, ids, length), mean)
+    loss, _ = model.recommendation_loss(users)
+    loss.backward()
+    assert model.readout_query.grad.abs().sum() > 0
+    assert any(p is model.readout_query for p in model.trainable_parameters())
+    with pytest.raises(ValueError, match="readout must be one of"):
+        make_model(tiny_data, readout="max")
+
+
+def test_every_user_weighs_the_same_whatever_batch_they_are_packed_in(tiny_data, monkeypatch):
+    _, model, _ = make_model(tiny_data, readout="mean")
+    unshuffled = model.shuffled_history
+    monkeypatch.setattr(model, "shuffled_history", lambda users, shuffle: unshuffled(users, shuffle=False))
+    short, long_ = torch.tensor([3]), torch.tensor([7, 8, 12, 15])
+    alone = model.recommendation_loss(short)[0] + model.recommendation_loss(long_)[0]
+    together = model.recommendation_loss(torch.cat([short, long_]))[0]
+    assert together.item() == pytest.approx(alone.item(), rel=1e-5)
+    # the constant: train_batch_tokens over the mean finetuning document length of training users
+    users = torch.nonzero(model.history_len > 0).squeeze(1)
+    mean_length = model.document_lengths("recommendation", users).float().mean().item()
+    assert model.users_per_batch == pytest.approx(256 / mean_length)
+
+
+def test_regularization_skips_rows_the_other_side_never_trains(tiny_data):
+    # no user text: the content user table never trains, so user tokens are not pulled toward it
+    _, model, _ = make_model(tiny_data, user_text_template=None, lambda_c=0.5, item_reorder=False)
+    assert not model.content_trained[: model.n_users].any()
+    assert model.content_trained[model.n_users + 1 :].all()
+    users = torch.tensor([2, 5])
+    _, reg = model.collaborative_lm_loss(users)
+    expected = 0.0
+    for u in users.tolist():
+        for i in model.history_items[u, : model.history_len[u]].tolist():
+            expected += ((model.collaborative_item_emb.weight[i] - model.content_item_emb.weight[i]) ** 2).sum().item()
+    assert reg.item() == pytest.approx(0.5 * expected, rel=1e-5)
+
+
+def test_finetuning_regularization_covers_the_hidden_targets(tiny_data):
+    _, model, _ = make_model(tiny_data, lambda_c=0.5, mask_ratio=0.5)
+    users = torch.tensor([1, 6])
+    torch.manual_seed(3)
+    ids, _, target, not_shown = model.recommendation_documents(users, mask=True)
+    torch.manual_seed(3)
+    _, reg = model.recommendation_loss(users)
+    diff = lambda a, b, r: ((a.weight[r] - b.weight[r]) ** 2).sum().item()  # noqa: E731
+    expected = 0.0
+    for row, u in enumerate(users.tolist()):
+        expected += 2 * diff(model.collaborative_user_emb, model.content_user_emb, u)  # {user} twice
+        # every training item: the shown ones in the prompt, the hidden ones as targets
+        for i in model.history_items[u, : model.history_len[u]].tolist():
+            expected += diff(model.collaborative_item_emb, model.content_item_emb, i)
+    assert reg.item() == pytest.approx(0.5 * expected, rel=1e-5)
+
+
+def test_stored_history_is_most_recent_first_without_repeats(tiny_data):
+    _, model, (train, _, _) = make_model(tiny_data)
+    inter = train.dataset.inter_feat
+    for u in range(1, model.n_users):
+        mine = inter["user_id"] == u
+        expected = inter["item_id"][mine][inter["timestamp"][mine].argsort(descending=True)].tolist()
+        assert model.history_items[u, : model.history_len[u]].tolist() == expected
+        assert model.history_items[u, model.history_len[u] :].abs().sum() == 0
+
+
+def test_stored_history_keeps_a_repeated_item_once_at_its_latest_time():
+    class Toy:
+        time_field = "t"
+        inter_feat = {"t": None}
+
+        def history_item_matrix(self, value_field=None):
+            items = torch.tensor([[0, 0, 0, 0], [5, 3, 5, 2]])
+            times = torch.tensor([[0.0, 0, 0, 0], [1.0, 2.0, 9.0, 4.0]])
+            return items, times, torch.tensor([0, 4])
+
+    history = cllm4rec_module.stored_history(Toy(), seed=0)
+    assert history.tolist() == [[0, 0, 0, 0], [5, 2, 3, 0]]
+
+
+def test_id_tables_start_from_the_seed_whatever_loading_consumed(tiny_data, monkeypatch):
+    _, first, _ = make_model(tiny_data)
+    load = cllm4rec_module.load_backbone
+
+    def load_and_consume(*args, **kwargs):
+        torch.rand(1000)  # as converting a backbone on first use does
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(cllm4rec_module, "load_backbone", load_and_consume)
+    _, second, _ = make_model(tiny_data)
+    for a, b in zip(first.id_tables(), second.id_tables()):
+        assert torch.equal(a.weight, b.weight)
+
+
+def test_svd_init_factorizes_the_normalized_training_matrix(tiny_data):
+    config, model, _ = make_model(tiny_data, item_init="svd")
+    users, items = model.collaborative_user_emb.weight[1:], model.collaborative_item_emb.weight[1:]
+    matrix = torch.zeros(model.n_users, model.n_items)
+    for u in range(1, model.n_users):
+        matrix[u, model.history_items[u, : model.history_len[u]]] = 1.0
+    matrix = matrix / matrix.sum(1, keepdim=True).clamp(min=1).sqrt() / matrix.sum(0, keepdim=True).clamp(min=1).sqrt()
+    product = (users @ items.T).detach().flatten()
+    # up to one global scale, user . item reproduces the normalized matrix (rank >= its rank here)
+    cosine = torch.nn.functional.cosine_similarity(product, matrix[1:, 1:].flatten(), dim=0)
+    assert cosine.item() > 0.99
+    assert items.std().item() == pytest.approx(config["init_std"], rel=0.2)
+    assert not torch.equal(model.content_item_emb.weight, model.collaborative_item_emb.weight)
+
+
+def test_backbone_parameters_that_train_are_saved_and_frozen_ones_are_not(tiny_data):
+    _, model, _ = make_model(tiny_data)
+    norm = model.backbone.base_model.norm.weight
+    norm.requires_grad_(True)
+    with torch.no_grad():
+        norm.mul_(3.0)
+    state = model.state_dict()
+    backbone_keys = [k for k in state if k.startswith("backbone.")]
+    assert backbone_keys == ["backbone.model.norm.weight"]
+    _, fresh, _ = make_model(tiny_data)
+    fresh.backbone.base_model.norm.weight.requires_grad_(True)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.backbone.base_model.norm.weight, norm)
+    del state["backbone.model.norm.weight"]
+    with pytest.raises(RuntimeError, match="missing"):
+        fresh.load_state_dict(state)
+
+
+def test_the_backbone_builds_no_kv_cache(tiny_data):
+    _, model, _ = make_model(tiny_data)
+    seen = []
+    body = model.backbone_body
+
+    def recording(**kwargs):
+        out = body(**kwargs)
+        seen.append((kwargs.get("use_cache"), out.past_key_values))
+        return out
+
+    model.backbone_body = recording
+    model.recommendation_loss(torch.tensor([1, 2]))
+    model.collaborative_lm_loss(torch.tensor([1, 2]))
+    assert seen and all(flag is False and cache is None for flag, cache in seen)
