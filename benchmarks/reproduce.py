@@ -125,6 +125,25 @@ def plot(dataset: str, bests: list[tuple[str, dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def kept_rows(args, header: list[str]) -> list[tuple[str, list[str]]]:
+    """``--keep``: (model, row) copied from the table already in ``<out>/<dataset>.csv``, in ``--keep`` order."""
+    keep = [m.strip() for m in args.keep.split(",") if m.strip()]
+    if not keep:
+        return []
+    path = Path(args.out or ".") / f"{args.dataset}.csv"
+    if not path.is_file():
+        raise SystemExit(f"--keep needs the earlier table {path} (give --out)")
+    with open(path, newline="") as f:
+        old_header, *old_rows = list(csv.reader(f))
+    if old_header[: len(header)] != header:
+        raise SystemExit(f"{path} has other columns than this script writes: rerun those models instead")
+    by_model = {row[0]: row for row in old_rows}
+    missing = [m for m in keep if m not in by_model]
+    if missing:
+        raise SystemExit(f"--keep: no row for {', '.join(missing)} in {path}")
+    return [(m, by_model[m]) for m in keep]
+
+
 def run_once(model: str, dataset: str, config: dict, work: Path) -> dict:
     """One (model, configuration); loaded from ``work`` if it finished before."""
     settings = json.dumps({k: v for k, v in config.items() if k != "data_path"}, sort_keys=True, default=str)
@@ -154,6 +173,7 @@ def main(argv: list[str] | None = None) -> list[list]:
     parser.add_argument("--config", action="append", default=[], help="key=value (yaml) for every model; wins over the recipe")
     parser.add_argument("--work", default="results/reproduce", help="finished runs and checkpoints (resume)")
     parser.add_argument("--out", default=None, help="write <dataset>.md and <dataset>.csv here")
+    parser.add_argument("--keep", default="", help="models whose rows are copied from <out>/<dataset>.csv, not rerun")
     args = parser.parse_args(argv)
 
     import yaml
@@ -171,6 +191,7 @@ def main(argv: list[str] | None = None) -> list[list]:
     work = Path(args.work) / args.dataset
     header = ["model"] + METRICS + ["valid recall@20", "train time (s)", "eval time (s)", "stages (s)", "configuration", "split"]
     rows, bests = [], []
+    hardware_of: dict[str, str] = {}  # kept rows keep the machine they were measured on
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         model, _, recipe = model.partition("@")  # CLLM4Rec-paper@main: another recipe for this row
         if model.startswith("CLLM4Rec"):
@@ -195,6 +216,10 @@ def main(argv: list[str] | None = None) -> list[list]:
                + (json.dumps(choice) if choice else "defaults"), best["split"]]
         )
         print(model, rows[-1][1:], flush=True)
+    for model, row in kept_rows(args, header):
+        rows.append(row[: len(header)])
+        bests.append((model, {"test_result": {m: float(row[1 + k]) for k, m in enumerate(METRICS) if row[1 + k]}}))
+        hardware_of[model] = row[len(header)]
     if len({row[-1] for row in rows}) > 1:
         raise RuntimeError("models saw different splits")
     table = markdown_table(header, rows)
@@ -206,7 +231,7 @@ def main(argv: list[str] | None = None) -> list[list]:
         command = "python benchmarks/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
         (out / f"{args.dataset}.md").write_text(f"## {title}\n\n`{command}`\n\n{table}\n")
         with open(out / f"{args.dataset}.csv", "w", newline="") as f:
-            csv.writer(f).writerows([header + ["hardware"]] + [row + [hardware()] for row in rows])
+            csv.writer(f).writerows([header + ["hardware"]] + [row + [hardware_of.get(row[0], hardware())] for row in rows])
         plot(args.dataset, bests, out / f"{args.dataset}.png")
     return rows
 

@@ -149,7 +149,8 @@ def test_svd_init_factorizes_the_normalized_training_matrix(tiny_data):
     cosine = torch.nn.functional.cosine_similarity(product, matrix[1:, 1:].flatten(), dim=0)
     assert cosine.item() > 0.99
     assert items.std().item() == pytest.approx(config["init_std"], rel=0.2)
-    assert not torch.equal(model.content_item_emb.weight, model.collaborative_item_emb.weight)
+    assert torch.equal(model.content_item_emb.weight, model.collaborative_item_emb.weight)  # both sides start equal
+    assert torch.equal(model.content_user_emb.weight, model.collaborative_user_emb.weight)
 
 
 def test_backbone_parameters_that_train_are_saved_and_frozen_ones_are_not(tiny_data):

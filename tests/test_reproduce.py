@@ -43,6 +43,16 @@ def test_reproduce_runs_every_model_once_and_writes_the_table(tiny_data, monkeyp
     monkeypatch.setattr(reproduce, "run_model", lambda *a, **k: pytest.fail("ran a finished model again"))
     assert reproduce.main(args) == rows
 
+    # --keep copies rows of the earlier table instead of rerunning those models
+    kept = [a for a in args if not a.startswith("--models")] + ["--models=CLLM4Rec", "--keep=EASE,Pop"]
+    again = reproduce.main(kept)
+    assert [row[0] for row in again] == ["CLLM4Rec", "EASE", "Pop"]
+    assert again[1] == ["" if v is None else str(v) for v in rows[2]]  # as the CSV holds them
+    with open(tiny_data / "out" / "tiny.csv") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["CLLM4Rec", "EASE", "Pop"]
+    with pytest.raises(SystemExit, match="no row for BPR"):
+        reproduce.main(kept[:-1] + ["--keep=BPR"])
+
 
 def test_gpu_script_runs_the_gpu_recipe_on_cpu_with_a_tiny_backbone(tiny_data):
     """benchmarks/gpu_reproduce.sh as a lent GPU machine runs it (no pack here: nothing to unpack)."""

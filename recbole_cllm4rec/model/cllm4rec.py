@@ -326,8 +326,9 @@ class CLLM4Rec(GeneralRecommender):
 
     @torch.no_grad()
     def init_from_svd(self, history: torch.Tensor, init_std: float) -> None:
-        """Collaborative user and item tables start at a truncated SVD of the training matrix (as E4SRec
-        starts from CF embeddings), each rescaled to ``init_std``; the content tables keep their init.
+        """User and item tables start at a truncated SVD of the training matrix (as E4SRec starts from
+        CF embeddings), each rescaled to ``init_std``; both sides start equal, so mutual regularization
+        starts at zero and never pulls toward random vectors.
 
         The matrix is ``D_u^-1/2 R D_i^-1/2`` (degree-normalized, so popular items do not take every
         factor); users get ``U sqrt(S)``, items ``V sqrt(S)``, so ``user . item`` approximates it.
@@ -341,11 +342,10 @@ class CLLM4Rec(GeneralRecommender):
         rank = min(dim, min(matrix.shape) - 1)
         u, singular, v = torch.svd_lowrank(matrix, q=rank, niter=4, M=None)
         scale = singular.sqrt()
-        for table, factors in ((self.collaborative_user_emb, u * scale), (self.collaborative_item_emb, v * scale)):
-            factors = factors / factors[1:].std() * init_std
-            table.weight.zero_()
-            table.weight[:, :rank] = factors
-            table.weight[0].normal_(0.0, init_std)
+        for side in ("collaborative", "content"):
+            for table, factors in zip(self.tables(side), (u * scale, v * scale)):
+                table.weight.zero_()
+                table.weight[:, :rank] = factors / factors[1:].std() * init_std
 
     def id_tables(self) -> list[nn.Embedding]:
         return [self.collaborative_user_emb, self.collaborative_item_emb, self.content_user_emb, self.content_item_emb]

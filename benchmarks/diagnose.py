@@ -1,0 +1,115 @@
+"""Where a CLLM4Rec checkpoint loses to EASE: test Recall@20 by history length and by item popularity.
+
+    python benchmarks/diagnose.py --checkpoint saved/CLLM4Rec-....pth --ease_reg_weight=250
+
+Both models rank the same test users of the checkpoint's own split (EASE is fitted on that split's
+training interactions), with RecBole's masking (training and validation items excluded). Users are
+bucketed by their number of training items (quartiles); test interactions by their item's training
+popularity (the most popular items that hold a third of the training interactions, the next third,
+the rest). Per user bucket: mean Recall@20 (hits / held-out items, RecBole's). Per item bucket: the
+share of its test interactions that reach the top 20. Prints Markdown; ``--out`` writes it too.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import recbole_cllm4rec  # noqa: E402,F401
+
+
+def top_k_hits(model, users: torch.Tensor, seen: list[set], truth: list[set], k: int, batch: int) -> torch.Tensor:
+    """``[len(users), n_items]`` boolean: test items that reach the top ``k`` of each user."""
+    n_items = model.n_items
+    hits = torch.zeros(len(users), n_items, dtype=torch.bool)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(users), batch):
+            chunk = users[start : start + batch]
+            scores = model.full_sort_predict({model.USER_ID: chunk}).view(len(chunk), n_items).float().cpu()
+            scores[:, 0] = float("-inf")
+            for row, u in enumerate(chunk.tolist()):
+                scores[row, list(seen[u])] = float("-inf")
+            top = scores.topk(k, dim=1).indices
+            for row, u in enumerate(chunk.tolist()):
+                hits[start + row, [i for i in top[row].tolist() if i in truth[u]]] = True
+    return hits
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--ease_reg_weight", type=float, default=250.0)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    from recbole.config import Config
+    from recbole.model.general_recommender import EASE
+    from recbole.quick_start import load_data_and_model
+
+    from recbole_cllm4rec.quick_start import isolated_argv
+
+    with isolated_argv():
+        config, model, _, train, valid, test = load_data_and_model(args.checkpoint)
+        ease_config = Config(model="EASE", dataset=config["dataset"],
+                             config_dict={"data_path": config["data_path"], "reg_weight": args.ease_reg_weight})  # fmt: skip
+    ease = EASE(ease_config, train.dataset)  # fits in its constructor, on this split's training interactions
+
+    def by_user(dataset) -> list[set]:
+        sets = [set() for _ in range(dataset.user_num)]
+        feat = dataset.inter_feat
+        for u, i in zip(feat[dataset.uid_field].tolist(), feat[dataset.iid_field].tolist()):
+            sets[u].add(i)
+        return sets
+
+    train_sets, valid_sets, test_sets = by_user(train.dataset), by_user(valid.dataset), by_user(test.dataset)
+    seen = [a | b for a, b in zip(train_sets, valid_sets)]
+    users = torch.tensor([u for u in range(len(test_sets)) if test_sets[u]])
+    hits = {name: top_k_hits(m, users, seen, test_sets, args.k, args.batch) for name, m in (("CLLM4Rec", model), ("EASE", ease))}
+
+    n_train = torch.tensor([len(train_sets[u]) for u in users.tolist()])
+    n_test = torch.tensor([len(test_sets[u]) for u in users.tolist()], dtype=torch.float)
+    recall = {name: h.sum(1) / n_test for name, h in hits.items()}
+    edges = torch.quantile(n_train.float(), torch.tensor([0.25, 0.5, 0.75])).round().long().tolist()
+    bounds = [0] + edges + [int(n_train.max())]
+    lines = [f"Test Recall@{args.k} by the user's number of training items ({len(users)} test users)", "",
+             "| training items | users | test items | CLLM4Rec | EASE | CLLM4Rec / EASE |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        group = (n_train > low) & (n_train <= high)
+        if group.any():
+            c, e = recall["CLLM4Rec"][group].mean().item(), recall["EASE"][group].mean().item()
+            lines.append(f"| {low + 1}-{high} | {int(group.sum())} | {int(n_test[group].sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
+
+    popularity = torch.zeros(model.n_items)
+    for items in train_sets:
+        popularity[list(items)] += 1
+    order = popularity.argsort(descending=True)
+    share = popularity[order].cumsum(0) / popularity.sum()
+    bucket = torch.empty(model.n_items, dtype=torch.long)
+    bucket[order] = (share > 1 / 3).long() + (share > 2 / 3).long()
+    test_pairs = [(row, i) for row, u in enumerate(users.tolist()) for i in test_sets[u]]
+    rows = torch.tensor([r for r, _ in test_pairs])
+    items = torch.tensor([i for _, i in test_pairs])
+    lines += ["", f"Share of test interactions in the top {args.k}, by the item's training popularity", "",
+              "| items | training interactions | test interactions | CLLM4Rec | EASE | CLLM4Rec / EASE |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for b, name in enumerate(["head (first third of interactions)", "middle third", "tail (last third)"]):
+        mine = bucket[items] == b
+        c, e = (hits[m][rows[mine], items[mine]].float().mean().item() for m in ("CLLM4Rec", "EASE"))
+        n_b = int((bucket[1:] == b).sum())
+        lines.append(f"| {name}: {n_b} items | {int(popularity[bucket == b].sum())} | {int(mine.sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
+    overall = f"overall: CLLM4Rec {recall['CLLM4Rec'].mean():.4f}, EASE {recall['EASE'].mean():.4f}"
+    text = "\n".join(lines + ["", overall])
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    main()

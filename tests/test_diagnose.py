@@ -1,0 +1,33 @@
+"""benchmarks/diagnose.py: per-bucket recall of a checkpoint and EASE on the checkpoint's own split."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config_dict
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "diagnose.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("diagnose", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_diagnosis_overall_recall_is_recboles_test_recall(tiny_data):
+    from recbole_cllm4rec.quick_start import run_model
+
+    config = tiny_config_dict(tiny_data, topk=[20], valid_metric="Recall@20", metrics=["Recall"])
+    result = run_model("CLLM4Rec", "tiny", config_dict=config)
+    ease = run_model("EASE", "tiny", config_dict={**config, "reg_weight": 10.0})
+    text = load_script().main(["--checkpoint", result["checkpoint"], "--ease_reg_weight=10", "--out", str(tiny_data / "d.md")])
+    overall = text.splitlines()[-1]
+    # the same users, masking and recall definition as RecBole's evaluation of both models
+    assert f"CLLM4Rec {result['test_result']['recall@20']:.4f}" in overall
+    assert f"EASE {ease['test_result']['recall@20']:.4f}" in overall
+    assert (tiny_data / "d.md").read_text().startswith("Test Recall@20 by the user's number of training items")
+    user_rows = [line for line in text.splitlines() if line.startswith("| ") and "-" in line.split("|")[1]]
+    assert sum(int(line.split("|")[2]) for line in user_rows) == int(text.split("(")[1].split()[0])
+    with pytest.raises(SystemExit):
+        load_script().main([])
