@@ -185,3 +185,22 @@ def test_the_backbone_builds_no_kv_cache(tiny_data):
     model.recommendation_loss(torch.tensor([1, 2]))
     model.collaborative_lm_loss(torch.tensor([1, 2]))
     assert seen and all(flag is False and cache is None for flag, cache in seen)
+
+
+def test_item_bias_starts_at_centred_log_popularity_and_adds_to_every_logit(tiny_data):
+    _, model, _ = make_model(tiny_data, item_bias=True, readout="items")
+    counts = torch.zeros(model.n_items)
+    for u in range(1, model.n_users):
+        counts[model.history_items[u, : model.history_len[u]]] += 1
+    expected = (counts + 1).log()
+    expected = expected - expected[1:].mean()
+    torch.testing.assert_close(model.item_bias.weight[1:, 0], expected[1:])
+    users = torch.tensor([1, 2])
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict({model.USER_ID: users})
+        ids, length, hidden = prompt_states(model, users)
+        states = model.readout_states(hidden, ids, length)
+    plain = states @ model.collaborative_item_emb.weight.T + model.item_bias.weight[:, 0]
+    torch.testing.assert_close(scores[:, 1:], plain[:, 1:], rtol=1e-5, atol=1e-5)
+    assert any(p is model.item_bias.weight for p in model.trainable_parameters())

@@ -221,11 +221,14 @@ class CLLM4Rec(GeneralRecommender):
         if self.readout == "attention":
             # the learned query of attention pooling; zero = mean pooling at the start
             self.readout_query = nn.Parameter(torch.zeros(dim))
-        if self.standardized_head:
-            # per-dimension mean and std of the recommendation prompt's last hidden state, measured
-            # once when finetuning starts (calibrate_item_head), and an item bias: see item_head_inputs
+        # an item bias in the head: always with the standardized head, optional with the tied one
+        self.has_item_bias = self.standardized_head or bool(config["item_bias"])
+        if self.has_item_bias:
             self.item_bias = nn.Embedding(self.n_items, 1)
             nn.init.zeros_(self.item_bias.weight)
+        if self.standardized_head:
+            # per-dimension mean and std of the recommendation prompt's last hidden state, measured
+            # once when finetuning starts (calibrate_item_head): see item_head_inputs
             self.register_buffer("hidden_mean", torch.zeros(dim))
             self.register_buffer("hidden_std", torch.ones(dim))
             self.register_buffer("head_calibrated", torch.tensor(False))
@@ -280,6 +283,13 @@ class CLLM4Rec(GeneralRecommender):
         self.register_buffer("content_trained", content_rows, persistent=False)
         if config["item_init"] == "svd":
             self.init_from_svd(history, init_std)
+        if config["item_bias"]:
+            # starts at the centred log training popularity: a bias learns at the learning rate's
+            # pace (about 0.1 per epoch), far from the few nats that separate head and tail items
+            with torch.no_grad():
+                counts = torch.bincount(history[history > 0], minlength=self.n_items).float()
+                log_pop = (counts + 1).log()
+                self.item_bias.weight[:, 0] = log_pop - log_pop[1:].mean()
         # Every user weighs the same in the finetuning loss, whichever batch the packer puts them in:
         # the loss is divided by a constant, the expected number of users per batch.
         train_users = torch.nonzero(self.history_len > 0).squeeze(1)
@@ -353,7 +363,7 @@ class CLLM4Rec(GeneralRecommender):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The only parameters that train: the weights of the four ID tables (and the item bias of the
         standardized item head, the attention readout's query)."""
-        extra = [self.item_bias.weight] if self.standardized_head else []
+        extra = [self.item_bias.weight] if self.has_item_bias else []
         if self.readout == "attention":
             extra.append(self.readout_query)
         return [table.weight for table in self.id_tables()] + extra
@@ -475,7 +485,8 @@ class CLLM4Rec(GeneralRecommender):
     def item_head_inputs(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, weight) of the recommendation head: ``logits = features @ weight.T``.
 
-        ``tied`` (paper): the last hidden state against the collaborative item embeddings, no bias.
+        ``tied`` (paper): the readout state against the collaborative item embeddings (no bias unless
+        ``item_bias``: then the constant feature 1 meets each item's bias).
         ``standardized``: a frozen LM's last hidden states are nearly parallel (a shared component
         several times larger than what varies between users), so with the tied head every logit is
         mostly one shared term and the part that tells users apart is small: each hidden dimension is
@@ -483,9 +494,9 @@ class CLLM4Rec(GeneralRecommender):
         shared (popularity) term. Still tied to the item embeddings; the bias is the constant feature.
         """
         weight = self.collaborative_item_emb.weight
-        if not self.standardized_head:
-            return hidden, weight
-        features = (hidden - self.hidden_mean) / self.hidden_std
+        features = (hidden - self.hidden_mean) / self.hidden_std if self.standardized_head else hidden
+        if not self.has_item_bias:
+            return features, weight
         features = torch.cat([features, features.new_ones(len(features), 1)], dim=1)
         return features, torch.cat([weight, self.item_bias.weight], dim=1)
 
