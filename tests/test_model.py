@@ -173,6 +173,7 @@ def test_items_beyond_max_seq_len_are_hidden_targets_and_scoring_shows_the_most_
     v, n_users = model.vocab_size, model.n_users
     budget = 5  # items the prompt has room for (the byte-level tiny tokenizer spells the prompt out)
     model.max_seq_len = len(model.recommendation_prefix) + len(model.recommendation_suffix) + budget
+    model.scoring_max_seq_len = model.max_seq_len + 2  # scoring may show more: two items more here
     users = torch.nonzero(model.history_len > budget + 2).squeeze(1)
     assert len(users) > 0
     ids, length, goal, not_shown = model.recommendation_documents(users, mask=True)
@@ -181,7 +182,9 @@ def test_items_beyond_max_seq_len_are_hidden_targets_and_scoring_shows_the_most_
     for row in range(len(users)):
         n_hidden = int(not_shown[row].sum())
         assert n_hidden == int(model.history_len[users[row]]) - budget  # masked + cut off
-    # scoring: the first `budget` stored items, which are the most recent training interactions
+    # scoring: the first `budget + 2` stored items, which are the most recent training interactions
+    budget += 2
+    assert model.document_lengths("scoring", users).tolist() == [model.scoring_max_seq_len] * len(users)
     ids, length, _, _ = model.recommendation_documents(users, mask=False)
     inter = train.dataset.inter_feat
     for row, u in enumerate(users.tolist()):

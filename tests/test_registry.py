@@ -44,6 +44,25 @@ def test_model_defaults_sit_under_user_config(tiny_data):
     assert config["topk"] == [10, 20, 40, 100]
 
 
+def test_the_paper_preset_is_one_config_file_over_the_defaults(tiny_data):
+    from pathlib import Path
+
+    import yaml
+    from recbole.config import Config
+
+    properties = Path(__file__).resolve().parent.parent / "properties"
+    preset = properties / "presets" / "CLLM4Rec-paper.yaml"
+    defaults = yaml.safe_load((properties / "CLLM4Rec.yaml").read_text())
+    with isolated_argv():
+        config = Config(model="CLLM4Rec", dataset="tiny", config_file_list=[str(preset)],
+                        config_dict={"data_path": str(tiny_data)})  # fmt: skip
+    paper = yaml.safe_load(preset.read_text())
+    assert {k: config[k] for k in paper} == paper
+    assert config["readout"] == "last" and config["llm_layers"] is None and config["epochs"] == 150
+    # the preset changes what the recommended defaults changed, nothing else
+    assert {k for k in paper if paper[k] != defaults.get(k)} and set(paper) <= set(defaults)
+
+
 def test_load_data_and_model_restores_a_cllm4rec_checkpoint(tiny_data):
     import torch
     from recbole.quick_start import load_data_and_model

@@ -13,9 +13,11 @@ Mutual regularization ties the two sets: each step adds
 code's sum; ``mutual_reg_reduction: mean`` divides by the batch's ID-token count, so the term no
 longer grows with the batch and stays on the per-token scale of the LM losses). Finetuning
 (recommendation-oriented) reads ``{user} has interacted with <visible items>, {user} will interact
-with``, takes the last hidden state through an item head tied to the collaborative item embeddings,
-and fits a multinomial likelihood over all items (as Multi-VAE). Recommending is one forward pass
-per user: a full ranking over items, no decoding, no hallucinated items.
+with``, reads a state off the last layer (``readout``: the last token's, as the paper, or pooled
+over the prompt's item tokens), scores it with an item head tied to the collaborative item
+embeddings (optionally plus an item bias), and fits a multinomial likelihood over all items (as
+Multi-VAE). Recommending is one forward pass per user: a full ranking over items, no decoding, no
+hallucinated items.
 
 The stage schedule (content warm-up, alternating pretraining, finetuning) is in
 ``recbole_cllm4rec.trainer.CLLM4RecTrainer``.
@@ -175,9 +177,12 @@ class CLLM4Rec(GeneralRecommender):
         dim = word_embeddings.embedding_dim
 
         self.max_seq_len = config["max_seq_len"]
+        # scoring is forward-only: it can afford to show more of a long history than training does
+        self.scoring_max_seq_len = config["scoring_max_seq_len"] or self.max_seq_len
         context = getattr(self.backbone.config, "max_position_embeddings", None)
-        if context is not None and self.max_seq_len > context:
-            raise ValueError(f"max_seq_len={self.max_seq_len} exceeds the backbone's context of {context} tokens")
+        for key in ("max_seq_len", "scoring_max_seq_len"):
+            if context is not None and getattr(self, key) > context:
+                raise ValueError(f"{key}={getattr(self, key)} exceeds the backbone's context of {context} tokens")
         self.lambda_c = config["lambda_c"]
         if config["mutual_reg_reduction"] not in ("sum", "mean"):
             raise ValueError(f"mutual_reg_reduction must be 'sum' or 'mean', got {config['mutual_reg_reduction']!r}")
@@ -536,7 +541,7 @@ class CLLM4Rec(GeneralRecommender):
 
         With ``mask``, ``max(1, floor(mask_ratio * n))`` random items per user are hidden and the rest
         shuffled; otherwise every training item is shown in stored order (scoring: most recent first).
-        Items beyond ``max_seq_len`` are not shown either. Returns ids, lengths and, with ``mask``,
+        Items beyond ``max_seq_len`` (``scoring_max_seq_len`` when scoring) are not shown either. Returns ids, lengths and, with ``mask``,
         the targets ``[B, W]`` (every training item, 0 = none) and which of them the prompt does
         not show (else ``None, None``).
         """
@@ -546,7 +551,7 @@ class CLLM4Rec(GeneralRecommender):
 
         prefix = self.recommendation_prefix.ids(users=users)
         suffix = self.recommendation_suffix.ids(users=users)
-        budget = self.max_seq_len - prefix.shape[1] - suffix.shape[1]
+        budget = (self.max_seq_len if mask else self.scoring_max_seq_len) - prefix.shape[1] - suffix.shape[1]
         if budget < 1:
             raise ValueError(f"max_seq_len={self.max_seq_len} leaves no room for items in recommendation_prompt")
         # visible items: drop the masked ones (they are first after shuffling), keep at most `budget`
@@ -576,9 +581,10 @@ class CLLM4Rec(GeneralRecommender):
         prompt = len(self.recommendation_prefix) + len(self.recommendation_suffix)
         if stage == "recommendation":  # the masked share depends on n only
             n = n - (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
-        elif stage != "scoring":
+            return prompt + n.clamp(max=self.max_seq_len - prompt)
+        if stage != "scoring":
             raise ValueError(f"unknown stage {stage!r}")
-        return prompt + n.clamp(max=self.max_seq_len - prompt)
+        return prompt + n.clamp(max=self.scoring_max_seq_len - prompt)
 
     # ------------------------------------------------------------------ losses
     def own_rows(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
