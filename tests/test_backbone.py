@@ -84,5 +84,7 @@ def test_llm_layers_keeps_the_first_layers_and_changes_the_fingerprint(tiny_data
     assert torch.equal(short.backbone.base_model.layers[0].self_attn.q_proj.weight, first)
     loss, _ = short.collaborative_lm_loss(torch.arange(1, 5))
     assert torch.isfinite(loss)
-    with pytest.raises(ValueError, match="has 2 layers"):
-        make_model(tiny_data, llm_layers=3)
+    _, capped, _ = make_model(tiny_data, llm_layers=3)  # at most 3 of 2: the whole backbone
+    assert torch.equal(capped.backbone_fingerprint, full.backbone_fingerprint)
+    with pytest.raises(ValueError, match="keep at least one layer"):
+        make_model(tiny_data, llm_layers=0)

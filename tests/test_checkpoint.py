@@ -39,7 +39,7 @@ def test_checkpoints_hold_only_what_trains(tiny_data):
     result = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data))
     checkpoint = load_checkpoint(result["checkpoint"], "cpu")
     tables = {f"{side}_{kind}_emb.weight" for side in ("collaborative", "content") for kind in ("user", "item")}
-    assert set(checkpoint["state_dict"]) == tables | {"backbone_fingerprint"}
+    assert set(checkpoint["state_dict"]) == tables | {"item_bias.weight", "backbone_fingerprint"}
     assert checkpoint["stage"] == "finetune" and "optimizer" not in checkpoint
     resume_point = load_checkpoint(result["checkpoint"].replace(".pth", "-last.pth"), "cpu")
     assert resume_point["epoch"] == 0 and resume_point["rng"]["torch"].dtype == torch.uint8

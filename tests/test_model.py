@@ -33,8 +33,9 @@ def history(model, user: int) -> list[int]:
     return model.history_items[user, :n].tolist()
 
 
-def test_only_the_four_id_tables_get_gradients(tiny_data):
-    _, model, _ = make_model(tiny_data)
+@pytest.mark.parametrize("item_bias", [False, True])
+def test_only_the_id_tables_and_the_item_bias_get_gradients(tiny_data, item_bias):
+    _, model, _ = make_model(tiny_data, item_bias=item_bias)
     users = torch.arange(1, 9)
     for loss, reg in (
         model.collaborative_lm_loss(users),
@@ -45,7 +46,8 @@ def test_only_the_four_id_tables_get_gradients(tiny_data):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     tables = {f"{side}_{kind}_emb.weight" for side in ("collaborative", "content") for kind in ("user", "item")}
-    assert trainable == tables
+    tables |= {"item_bias.weight"} if item_bias else set()
+    assert trainable == tables == {n for n, p in model.named_parameters() if any(p is q for q in model.trainable_parameters())}
     assert with_grad == tables
     assert all(not p.requires_grad for p in model.backbone.parameters())
 

@@ -89,14 +89,20 @@ def backbone_fingerprint(backbone: nn.Module) -> torch.Tensor:
 
 
 def truncate_layers(backbone: nn.Module, n_layers: int) -> None:
-    """Keep the first ``n_layers`` transformer blocks (then the final norm): a cheaper backbone.
+    """Keep at most the first ``n_layers`` transformer blocks (then the final norm): a cheaper backbone.
 
-    The fingerprint is taken afterwards, so checkpoints record how many layers they were trained with.
+    A backbone with no more than ``n_layers`` blocks is kept whole. The fingerprint is taken
+    afterwards, so checkpoints record how many layers they were trained with.
     """
-    layers = backbone.base_model.layers
-    if not 1 <= n_layers <= len(layers):
-        raise ValueError(f"llm_layers={n_layers}: the backbone has {len(layers)} layers")
-    backbone.base_model.layers = layers[:n_layers]
+    name = next((n for n in ("layers", "h") if isinstance(getattr(backbone.base_model, n, None), nn.ModuleList)), None)
+    if name is None:
+        raise ValueError(f"llm_layers: cannot find the transformer blocks of {type(backbone.base_model).__name__}")
+    layers = getattr(backbone.base_model, name)
+    if n_layers < 1:
+        raise ValueError(f"llm_layers={n_layers}: keep at least one layer (~ keeps all {len(layers)})")
+    if n_layers >= len(layers):
+        return
+    setattr(backbone.base_model, name, layers[:n_layers])
     backbone.config.num_hidden_layers = n_layers
     if getattr(backbone.config, "layer_types", None):
         backbone.config.layer_types = backbone.config.layer_types[:n_layers]
@@ -164,7 +170,7 @@ class CLLM4Rec(GeneralRecommender):
         self.backbone, self.tokenizer = load_backbone(self.llm, config["llm_cache_dir"])
         if not config["llm_pretrained"]:
             reinitialize(self.backbone, config["seed"])
-        if config["llm_layers"]:
+        if config["llm_layers"] is not None:
             truncate_layers(self.backbone, config["llm_layers"])
         self.backbone.requires_grad_(False)
         self.llm_dropout = config["llm_dropout"] or 0.0
@@ -287,7 +293,7 @@ class CLLM4Rec(GeneralRecommender):
         content_rows[in_docs.unique()] = True
         self.register_buffer("content_trained", content_rows, persistent=False)
         if config["item_init"] == "svd":
-            self.init_from_svd(history, init_std)
+            self.init_from_svd(history, init_std, config["seed"])
         if config["item_bias"]:
             # starts at the centred log training popularity: a bias learns at the learning rate's
             # pace (about 0.1 per epoch), far from the few nats that separate head and tail items
@@ -340,7 +346,7 @@ class CLLM4Rec(GeneralRecommender):
             table.weight[rows] = means.to(table.weight)
 
     @torch.no_grad()
-    def init_from_svd(self, history: torch.Tensor, init_std: float) -> None:
+    def init_from_svd(self, history: torch.Tensor, init_std: float, seed: int) -> None:
         """User and item tables start at a truncated SVD of the training matrix (as E4SRec starts from
         CF embeddings), each rescaled to ``init_std``; both sides start equal, so mutual regularization
         starts at zero and never pulls toward random vectors.
@@ -350,12 +356,17 @@ class CLLM4Rec(GeneralRecommender):
         """
         dim = self.collaborative_item_emb.embedding_dim
         rows, cols = (history > 0).nonzero(as_tuple=True)
-        items = history[rows, cols]
-        matrix = torch.zeros(self.n_users, self.n_items)
-        matrix[rows, items] = 1.0
-        matrix = matrix / matrix.sum(1, keepdim=True).clamp(min=1).sqrt() / matrix.sum(0, keepdim=True).clamp(min=1).sqrt()
-        rank = min(dim, min(matrix.shape) - 1)
-        u, singular, v = torch.svd_lowrank(matrix, q=rank, niter=4, M=None)
+        items = history[rows, cols].cpu()
+        rows = rows.cpu()
+        user_degree = torch.bincount(rows, minlength=self.n_users).clamp(min=1).float()
+        item_degree = torch.bincount(items, minlength=self.n_items).clamp(min=1).float()
+        values = (user_degree[rows] * item_degree[items]).rsqrt()
+        # sparse: memory grows with interactions, not users x items
+        matrix = torch.sparse_coo_tensor(torch.stack([rows, items]), values, (self.n_users, self.n_items)).coalesce()
+        rank = min(dim, self.n_users - 1, self.n_items - 1)
+        with torch.random.fork_rng(devices=[]):  # randomized SVD: drawn from the seed, global state untouched
+            torch.manual_seed(seed)
+            u, singular, v = torch.svd_lowrank(matrix, q=rank, niter=4)
         scale = singular.sqrt()
         for side in ("collaborative", "content"):
             for table, factors in zip(self.tables(side), (u * scale, v * scale)):
