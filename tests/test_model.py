@@ -101,7 +101,7 @@ def test_collaborative_loss_is_cross_entropy_over_items_only(tiny_data):
 
 
 def test_regularizer_leaves_the_other_side_alone(tiny_data):
-    _, model, _ = make_model(tiny_data)
+    _, model, _ = make_model(tiny_data, item_init="random")  # (svd starts both sides equal: no pull yet)
     _, reg = model.collaborative_lm_loss(torch.tensor([1, 2]))
     reg.backward()
     assert model.content_user_emb.weight.grad is None and model.content_item_emb.weight.grad is None
@@ -196,11 +196,17 @@ def test_items_beyond_max_seq_len_are_hidden_targets_and_scoring_shows_the_most_
         assert {t - v - n_users for t in ids[row].tolist() if t >= v + n_users} == recent
 
 
-@pytest.mark.parametrize("head", ["tied", "standardized"])
-def test_recommendation_loss_is_multinomial(tiny_data, head):
-    _, model, _ = make_model(tiny_data, item_head=head)
-    if head == "standardized":
-        model.calibrate_item_head(torch.arange(1, 21))
+@pytest.mark.parametrize(
+    "head, readout, bias, visible_weight",
+    [("tied", "last", False, 1.0), ("standardized", "last", False, 1.0), ("tied", "items", True, 0.3)],
+)
+def test_recommendation_loss_is_multinomial(tiny_data, head, readout, bias, visible_weight):
+    _, model, _ = make_model(
+        tiny_data, item_head=head, readout=readout, item_bias=bias, visible_target_weight=visible_weight
+    )
+    if model.has_item_bias:
+        if head == "standardized":
+            model.calibrate_item_head(torch.arange(1, 21))
         with torch.no_grad():
             model.item_bias.weight.normal_()
     torch.manual_seed(0)
@@ -209,18 +215,25 @@ def test_recommendation_loss_is_multinomial(tiny_data, head):
     torch.manual_seed(0)
     loss, _ = model.recommendation_loss(users)
     hidden = model.hidden_states(ids, length, "collaborative")
+    item_offset = model.vocab_size + model.n_users
     expected = 0.0
     for row in range(3):
-        h = hidden[row, length[row] - 1]
-        if head == "tied":
-            logits = h @ model.collaborative_item_emb.weight.T
-        else:  # standardized state, plus the item bias
+        n = int(length[row])
+        if readout == "last":
+            h = hidden[row, n - 1]
+        else:  # the visible item tokens' states and the last token's, averaged
+            h = hidden[row, [p for p in range(n) if ids[row, p] >= item_offset or p == n - 1]].mean(0)
+        if head == "standardized":
             h = (h - model.hidden_mean) / model.hidden_std
-            logits = h @ model.collaborative_item_emb.weight.T + model.item_bias.weight[:, 0]
+        logits = h @ model.collaborative_item_emb.weight.T
+        if model.has_item_bias:
+            logits = logits + model.item_bias.weight[:, 0]
         log_probs = logits[1:].log_softmax(-1)  # padding item 0 is not a candidate
-        expected -= log_probs[goal[row][goal[row] > 0] - 1].sum().item()
+        for item, hidden_from_prompt in zip(goal[row].tolist(), not_shown[row].tolist()):
+            if item:
+                expected -= (1.0 if hidden_from_prompt else visible_weight) * log_probs[item - 1].item()
     assert loss.item() == pytest.approx(expected / model.users_per_batch, rel=1e-5)
-    if head == "standardized":
+    if model.has_item_bias:
         loss.backward()
         assert model.item_bias.weight.grad.abs().sum() > 0
         assert any(p is model.item_bias.weight for p in model.trainable_parameters())
@@ -347,7 +360,7 @@ def test_llm_dropout_is_on_while_training_only(tiny_data):
 
 
 def test_calibration_standardizes_the_last_hidden_states(tiny_data):
-    _, model, _ = make_model(tiny_data, item_head="standardized")
+    _, model, _ = make_model(tiny_data, item_head="standardized", readout="last")
     calibration = torch.arange(1, 21)
     model.calibrate_item_head(calibration)
     assert bool(model.head_calibrated)
