@@ -205,8 +205,8 @@ class CLLM4RecTrainer(Trainer):
         )
 
     def _build_optimizer(self, **kwargs):
-        """The optimizer sees only the four ID tables, never the frozen backbone."""
-        kwargs.setdefault("params", self.model.trainable_parameters())
+        """The optimizer sees only what trains (ID tables, item bias, adapters), never the frozen backbone."""
+        kwargs.setdefault("params", self.model.optimizer_groups(kwargs.get("learning_rate", self.learning_rate)))
         return super()._build_optimizer(**kwargs)
 
     # ------------------------------------------------------------------ one pass over a corpus

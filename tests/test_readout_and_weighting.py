@@ -204,3 +204,46 @@ def test_item_bias_starts_at_centred_log_popularity_and_adds_to_every_logit(tiny
     plain = states @ model.collaborative_item_emb.weight.T + model.item_bias.weight[:, 0]
     torch.testing.assert_close(scores[:, 1:], plain[:, 1:], rtol=1e-5, atol=1e-5)
     assert any(p is model.item_bias.weight for p in model.trainable_parameters())
+
+
+def test_lora_adapters_train_at_their_own_rate_and_travel_in_checkpoints(tiny_data):
+    from recbole_cllm4rec.trainer import CLLM4RecTrainer
+
+    config, model, _ = make_model(tiny_data, lora_rank=2, lora_targets=["q_proj", "v_proj"], lora_learning_rate=0.05)
+    _, plain, _ = make_model(tiny_data)
+    adapters = model.adapter_parameters()
+    assert len(adapters) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
+    assert all(any(p is a for a in model.trainable_parameters()) for p in adapters)
+    assert torch.equal(model.backbone_fingerprint, plain.backbone_fingerprint)  # the frozen weights' identity
+    users = torch.tensor([1, 2, 3])
+    model.eval()
+    plain.eval()
+    with torch.no_grad():  # B starts at zero: the adapted backbone starts as the frozen one
+        torch.testing.assert_close(model.full_sort_predict({model.USER_ID: users}), plain.full_sort_predict({plain.USER_ID: users}))
+    optimizer = CLLM4RecTrainer(config, model)._build_optimizer(learning_rate=0.001)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.001, 0.05]
+    loss, reg = model.recommendation_loss(users)
+    (loss + reg).backward()
+    optimizer.step()
+    assert all(p.grad is not None for p in adapters)
+    state = model.state_dict()
+    lora_keys = [k for k in state if "lora_" in k]
+    assert len(lora_keys) == 8 and not [k for k in state if k.startswith("backbone.") and "lora_" not in k]
+    _, fresh, _ = make_model(tiny_data, lora_rank=2, lora_targets=["q_proj", "v_proj"])
+    fresh.load_state_dict(state)
+    fresh.eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.full_sort_predict({fresh.USER_ID: users}), model.full_sort_predict({model.USER_ID: users}))
+
+
+def test_a_lora_run_tests_the_adapters_it_trained(tiny_data):
+    from conftest import tiny_config_dict
+
+    from recbole_cllm4rec.quick_start import run_model
+    from recbole_cllm4rec.trainer import load_checkpoint
+
+    result = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data, lora_rank=2, epochs=2))
+    state = load_checkpoint(result["checkpoint"], "cpu")["state_dict"]
+    lora = {k: v for k, v in state.items() if "lora_B" in k}
+    assert lora and any(v.abs().sum() > 0 for v in lora.values())  # trained, and saved with the best model

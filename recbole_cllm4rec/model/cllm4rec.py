@@ -128,6 +128,24 @@ def set_dropout(backbone: nn.Module, p: float) -> None:
             module.attention_dropout = p
 
 
+def add_lora(backbone: nn.Module, rank: int, alpha: float, targets: list[str], seed: int) -> None:
+    """LoRA adapters (``peft``) on the ``targets`` linear layers of the frozen backbone, in place.
+
+    The only backbone weights that train; the pretrained ones stay frozen and out of checkpoints.
+    The adapters' random halves are drawn from ``seed`` (the other halves start at zero, so the
+    backbone starts unchanged).
+    """
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as exc:
+        raise ImportError("lora_rank needs peft: pip install peft (or the [lora] extra)") from exc
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0), backbone)
+    for name, parameter in backbone.named_parameters():
+        parameter.requires_grad_("lora_" in name)
+
+
 class ItemLogSumExp(torch.autograd.Function):
     """``log sum_{i >= 1} exp(h . e_i)`` per row of ``hidden``, item 0 (padding) excluded.
 
@@ -178,6 +196,9 @@ class CLLM4Rec(GeneralRecommender):
             set_dropout(self.backbone, self.llm_dropout)
         # The backbone's identity travels in every checkpoint (the weights themselves do not).
         self.register_buffer("backbone_fingerprint", backbone_fingerprint(self.backbone))
+        self.lora_learning_rate = config["lora_learning_rate"]
+        if config["lora_rank"]:
+            add_lora(self.backbone, config["lora_rank"], config["lora_alpha"], config["lora_targets"], config["seed"])
         word_embeddings = self.backbone.get_input_embeddings()
         self.vocab_size = word_embeddings.num_embeddings
         dim = word_embeddings.embedding_dim
@@ -377,12 +398,25 @@ class CLLM4Rec(GeneralRecommender):
         return [self.collaborative_user_emb, self.collaborative_item_emb, self.content_user_emb, self.content_item_emb]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The only parameters that train: the weights of the four ID tables (and the item bias of the
-        standardized item head, the attention readout's query)."""
+        """The only parameters that train: the weights of the four ID tables (and the item bias, the
+        attention readout's query, the backbone's LoRA adapters where configured)."""
         extra = [self.item_bias.weight] if self.has_item_bias else []
         if self.readout == "attention":
             extra.append(self.readout_query)
-        return [table.weight for table in self.id_tables()] + extra
+        return [table.weight for table in self.id_tables()] + extra + self.adapter_parameters()
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Backbone parameters that train (LoRA adapters); empty when the LM is frozen, as in the paper."""
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def optimizer_groups(self, learning_rate: float) -> list[dict]:
+        """Parameter groups for the optimizer: adapters at ``lora_learning_rate`` (default: the stage's)."""
+        adapters = self.adapter_parameters()
+        rest = [p for p in self.trainable_parameters() if not any(p is a for a in adapters)]
+        groups = [{"params": rest, "lr": learning_rate}]
+        if adapters:
+            groups.append({"params": adapters, "lr": self.lora_learning_rate or learning_rate})
+        return groups
 
     def tables(self, side: str) -> tuple[nn.Embedding, nn.Embedding]:
         """(user, item) embedding tables of one side: ``collaborative`` or ``content``."""
@@ -552,9 +586,9 @@ class CLLM4Rec(GeneralRecommender):
 
         With ``mask``, ``max(1, floor(mask_ratio * n))`` random items per user are hidden and the rest
         shuffled; otherwise every training item is shown in stored order (scoring: most recent first).
-        Items beyond ``max_seq_len`` (``scoring_max_seq_len`` when scoring) are not shown either. Returns ids, lengths and, with ``mask``,
-        the targets ``[B, W]`` (every training item, 0 = none) and which of them the prompt does
-        not show (else ``None, None``).
+        Items beyond ``max_seq_len`` (``scoring_max_seq_len`` when scoring) are not shown either.
+        Returns ids, lengths and, with ``mask``, the targets ``[B, W]`` (every training item, 0 =
+        none) and which of them the prompt does not show (else ``None, None``).
         """
         items, n = self.shuffled_history(users, shuffle=mask)
         positions = torch.arange(items.shape[1], device=items.device)[None, :]
