@@ -31,3 +31,17 @@ def test_diagnosis_overall_recall_is_recboles_test_recall(tiny_data):
     assert sum(int(line.split("|")[2]) for line in user_rows) == int(text.split("(")[1].split()[0])
     with pytest.raises(SystemExit):
         load_script().main([])
+
+
+def test_scoring_lengths_rescore_validation_with_longer_prompts(tiny_data):
+    spec = importlib.util.spec_from_file_location("scoring_lengths", SCRIPT.parent / "scoring_lengths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from recbole_cllm4rec.quick_start import run_model
+
+    config = tiny_config_dict(tiny_data, valid_metric="Recall@10")
+    result = run_model("CLLM4Rec", "tiny", config_dict=config)
+    prompt = 60  # the byte-level tiny tokenizer spells the prompt out: 60 tokens leave room for a few items
+    scores = module.main(["--checkpoint", result["checkpoint"], f"--lengths=128,{prompt}"])
+    assert scores[128]["recall@10"] == result["best_valid_result"]["recall@10"]  # as trained and validated
+    assert set(scores) == {128, prompt}
