@@ -3,7 +3,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: tests never touch a hub
 
+import importlib.util  # noqa: E402
 import random  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -90,3 +92,14 @@ def make_model(root, **overrides):
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
     return config, CLLM4Rec(config, train.dataset), (train, valid, test)
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` (not a package) imported as a module, for its ``main``."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,18 +1,10 @@
 """benchmarks/diagnose.py: per-bucket recall of a checkpoint and EASE on the checkpoint's own split."""
-import importlib.util
-from pathlib import Path
-
 import pytest
-from conftest import tiny_config_dict
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "diagnose.py"
+from conftest import load_benchmark, tiny_config_dict
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("diagnose", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("diagnose")
 
 
 def test_diagnosis_overall_recall_is_recboles_test_recall(tiny_data):
@@ -34,9 +26,7 @@ def test_diagnosis_overall_recall_is_recboles_test_recall(tiny_data):
 
 
 def test_scoring_lengths_rescore_validation_with_longer_prompts(tiny_data):
-    spec = importlib.util.spec_from_file_location("scoring_lengths", SCRIPT.parent / "scoring_lengths.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("scoring_lengths")
     from recbole_cllm4rec.quick_start import run_model
 
     config = tiny_config_dict(tiny_data, valid_metric="Recall@10")

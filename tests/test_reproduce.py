@@ -1,19 +1,13 @@
 """benchmarks/reproduce.py (the GPU recipe's script) on CPU with the tiny recipe: rows, files, resume."""
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
+from conftest import BENCHMARKS, load_benchmark
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reproduce")
 
 
 def test_reproduce_runs_every_model_once_and_writes_the_table(tiny_data, monkeypatch):
@@ -60,7 +54,7 @@ def test_gpu_script_runs_the_gpu_recipe_on_cpu_with_a_tiny_backbone(tiny_data):
     import subprocess
     import sys
 
-    script = SCRIPT.parent / "gpu_reproduce.sh"
+    script = BENCHMARKS / "gpu_reproduce.sh"
     out = tiny_data / "out"
     tiny = [
         "--config=llm=tiny-random", "--config=content_warmup_epochs=1", "--config=pretrain_epochs=1",

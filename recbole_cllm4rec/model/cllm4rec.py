@@ -383,7 +383,8 @@ class CLLM4Rec(GeneralRecommender):
         item_degree = torch.bincount(items, minlength=self.n_items).clamp(min=1).float()
         values = (user_degree[rows] * item_degree[items]).rsqrt()
         # sparse: memory grows with interactions, not users x items
-        matrix = torch.sparse_coo_tensor(torch.stack([rows, items]), values, (self.n_users, self.n_items)).coalesce()
+        shape = (self.n_users, self.n_items)
+        matrix = torch.sparse_coo_tensor(torch.stack([rows, items]), values, shape, check_invariants=True).coalesce()
         rank = min(dim, self.n_users - 1, self.n_items - 1)
         with torch.random.fork_rng(devices=[]):  # randomized SVD: drawn from the seed, global state untouched
             torch.manual_seed(seed)
