@@ -55,7 +55,7 @@ RECIPES: dict[str, dict] = {
     # finetuning epochs at 1e-4), early-stopped on validation
     "gpu": {k: PAPER_PRESET[k] for k in SCHEDULE},
     # properties/CLLM4Rec.yaml's own schedule: the README main command (1 pretraining epoch, up to
-    # 20 finetuning epochs, early-stopped)
+    # 15 finetuning epochs, early-stopped)
     "main": {},
     # a longer finetuning budget on a CPU (up to 40 epochs)
     "cpu": {"epochs": 40},
