@@ -14,7 +14,9 @@ import importlib
 import os
 from pathlib import Path
 
-PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
+# the yaml defaults: inside the installed package (a wheel), else the checkout's top-level folder
+_PACKAGED = Path(__file__).resolve().parent / "properties"
+PROPERTIES_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "properties"
 
 # model name -> "module:Class"; trainers resolved the same way. Imported lazily: the model module
 # pulls in transformers, which RecBole baselines never need.
