@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> str:
 
     from recbole.config import Config
     from recbole.model.general_recommender import EASE
-    from recbole.quick_start import load_data_and_model
-
-    from recbole_cllm4rec.quick_start import isolated_argv
+    from recbole_cllm4rec.quick_start import isolated_argv, load_data_and_model
 
     with isolated_argv():
         config, model, _, train, valid, test = load_data_and_model(args.checkpoint)

@@ -174,7 +174,7 @@ def field_texts(dataset, source: str, template: str) -> list[str]:
     ids = internal_ids(dataset, id_field, frame[id_field])
     for row, values in zip(ids.tolist(), frame[fields].itertuples(index=False)):
         if row and any(values):
-            texts[row] = template.format(**dict(zip(fields, values))).strip()
+            texts[row] = template.format(**{f: unescape(v) for f, v in zip(fields, values)}).strip()
     return texts
 
 

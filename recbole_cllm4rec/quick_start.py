@@ -20,8 +20,15 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_color
 
-from recbole_cllm4rec.registry import check_model_name, under_torchrun
-from recbole_cllm4rec.trainer import latest_resume_point
+from recbole_cllm4rec.registry import PROPERTIES_DIR, check_model_name, under_torchrun
+from recbole_cllm4rec.trainer import latest_resume_point, load_checkpoint
+from recbole_cllm4rec.validation import (
+    COMMON_RULES,
+    check_benchmark_rows,
+    check_config_values,
+    check_dataset_files,
+    unknown_key_warnings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,8 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     """Train and test one model; returns metrics, timings and the split fingerprint."""
     with isolated_argv():
         config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    # absolute: checkpoints record it, and they are loaded from other folders
+    config["data_path"] = os.path.abspath(config["data_path"])
     init_seed(config["seed"], config["reproducibility"])
     if config["single_spec"]:
         init_logger(config)
@@ -62,7 +71,12 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
             torch.distributed.barrier()
     log = logging.getLogger()
     log.info(config)
+    for warning in unknown_key_warnings(config, PROPERTIES_DIR):
+        log.warning(warning)
+    check_config_values(config, {**COMMON_RULES, **getattr(get_model(config["model"]), "CONFIG_RULES", {})})
+    check_dataset_files(config)
     data = create_dataset(config)
+    check_benchmark_rows(data)
     log.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     fingerprint = split_fingerprint(train_data.dataset, valid_data.dataset, test_data.dataset)
@@ -71,10 +85,11 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     model_obj = get_model(config["model"])(config, train_data.dataset).to(config["device"])
     log.info(model_obj)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    trainer.split_fingerprint = fingerprint
     if config["resume"]:
         resume = config["resume"]
         if resume is True:
-            resume = latest_resume_point(config["checkpoint_dir"], config["model"])
+            resume = latest_resume_point(config["checkpoint_dir"], config["model"], config["dataset"], fingerprint)
         trainer.resume_checkpoint(resume)
 
     start = time()
@@ -103,6 +118,38 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
         "stage_seconds": dict(getattr(trainer, "stage_seconds", {})),
         "valid_history": list(getattr(trainer, "valid_history", [])),
     }
+
+
+def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
+    """RecBole's ``load_data_and_model`` made safe: the checkpoint's checksum is verified, the data
+    folder can be given again (``data_path``: the folder holding ``<dataset>/``) when the recorded one
+    is gone, and the split rebuilt from the data must be the one the checkpoint was trained on.
+
+    Returns ``(config, model, dataset, train_data, valid_data, test_data)``.
+    """
+    checkpoint = load_checkpoint(checkpoint_file, "cpu")
+    config = checkpoint["config"]
+    if data_path is not None:
+        config["data_path"] = os.path.join(os.path.abspath(data_path), config["dataset"])
+    if not os.path.isdir(config["data_path"]):
+        raise FileNotFoundError(
+            f"{checkpoint_file} was trained on {config['data_path']}, which does not exist here: give the folder "
+            f"that holds {config['dataset']}/ (data_path)"
+        )
+    if torch.device(config["device"]).type == "cuda" and not torch.cuda.is_available():
+        config["device"] = torch.device("cpu")
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    split = checkpoint.get("split")
+    if split and split != split_fingerprint(train_data.dataset, valid_data.dataset, test_data.dataset):
+        raise ValueError(f"the data under {config['data_path']} no longer gives the split {checkpoint_file} was trained on")
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data.dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data
 
 
 def _run_rank(rank: int, model: str, dataset: str, config_file_list, config_dict: dict, saved: bool, queue) -> None:

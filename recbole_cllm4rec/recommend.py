@@ -5,7 +5,7 @@
 
 Users are given by their raw ids (as in the atomic files). Every item the user already has in the
 dataset (train, valid and test interactions) is excluded. Users are scored in batches, one forward
-pass per batch.
+pass per batch. ``--topk`` is bounded by each user's unseen items (fewer are listed, with a note).
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def internal_user_ids(dataset, raw_users: list[str]) -> torch.Tensor:
 
 
 def recommend(model, dataset, users: torch.Tensor, topk: int, batch_size: int = 64):
-    """(scores, internal item ids) of the top ``topk`` unseen items per user, ``[len(users), topk]``."""
+    """(scores, internal item ids) of the top ``topk`` unseen items per user, ``[len(users), topk]``;
+    a user with fewer unseen items gets ``-inf`` scores in the surplus columns."""
     seen, _, seen_len = dataset.history_item_matrix()  # the whole dataset: nothing known is recommended
     model.eval()
     top_scores, top_items = [], []
@@ -52,10 +53,17 @@ def recommend(model, dataset, users: torch.Tensor, topk: int, batch_size: int = 
             scores[:, 0] = float("-inf")
             history = seen[batch.cpu()].to(scores.device)
             scores.scatter_(1, history, float("-inf"))  # padding entries point at item 0, already -inf
-            values, items = scores.topk(min(topk, scores.shape[1] - 1), dim=1)
+            values, items = scores.topk(min(topk, scores.shape[1] - 1), dim=1)  # -inf: fewer unseen items
             top_scores.append(values.cpu())
             top_items.append(items.cpu())
     return torch.cat(top_scores), torch.cat(top_items)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,20 +72,19 @@ def main(argv: list[str] | None = None) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a raw user id")
     who.add_argument("--users-file", help="a file with one raw user id per line")
-    parser.add_argument("--topk", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--topk", type=positive_int, default=10)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--data-path", help="the folder holding the dataset's folder, if not where it was at training")
     parser.add_argument("--out", help="TSV output for --users-file (default: stdout)")
     args = parser.parse_args(argv)
 
     import recbole_cllm4rec  # noqa: F401  (shims + registration)
-    from recbole.quick_start import load_data_and_model
+    from recbole_cllm4rec.quick_start import load_data_and_model
 
-    from recbole_cllm4rec.quick_start import isolated_argv
-    from recbole_cllm4rec.trainer import load_checkpoint
-
-    load_checkpoint(args.checkpoint, "cpu")  # a clear error for a missing or damaged file
-    with isolated_argv():
-        _, model, dataset, *_ = load_data_and_model(args.checkpoint)
+    try:
+        _, model, dataset, *_ = load_data_and_model(args.checkpoint, args.data_path)
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        raise SystemExit(f"recommend: {exc}") from exc
     raw_users = [args.user] if args.user else [u.strip() for u in Path(args.users_file).read_text().split() if u.strip()]
     users = internal_user_ids(dataset, raw_users)
     scores, items = recommend(model, dataset, users, args.topk, args.batch_size)
@@ -86,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for raw_user, user_scores, user_items in zip(raw_users, scores.tolist(), items.tolist()):
-        for rank, (score, item) in enumerate(zip(user_scores, user_items), start=1):
+        unseen = [(score, item) for score, item in zip(user_scores, user_items) if score != float("-inf")]
+        if len(unseen) < args.topk:
+            print(f"user {raw_user} has {len(unseen)} unseen item(s): {len(unseen)} listed, not {args.topk}", file=sys.stderr)
+        for rank, (score, item) in enumerate(unseen, start=1):
             rows.append([raw_user, rank, raw_items[item], f"{score:.4f}", titles[item] if titles else ""])
     if args.user:
         for _, rank, item, score, title in rows:

@@ -18,11 +18,15 @@ evaluation gathers every rank's users before computing metrics; only rank 0 writ
 
 Checkpoints hold only what trains (the four ID tables, the optimizer) plus stage, epoch, RNG states
 and the backbone's fingerprint. ``<run>.pth`` is the best model (RecBole's), ``<run>-last.pth`` the
-resume point written after every epoch of either stage; both are written atomically.
+resume point written after every epoch of either stage; both are written atomically, carry a
+checksum of their tensors (verified on every load) and the split fingerprint. File names are
+reserved by exclusive creation, so runs started in the same second never share them. A resume point
+must match the run's model, dataset and split; one of a finished run only re-tests its best model.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import random
 import zlib
@@ -38,23 +42,42 @@ from tqdm import tqdm
 from recbole_cllm4rec.corpus import token_budget_batches
 
 
+def state_checksum(state_dict: dict) -> str:
+    """blake2b of every tensor's name, dtype, shape and bytes: any changed value changes it."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in state_dict.items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def atomic_save(state: dict, path: str) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    """``torch.save`` (with the tensors' checksum) to a temporary file, then rename: a crash never
+    leaves a half-written checkpoint."""
+    state = {**state, "checksum": state_checksum(state["state_dict"])}
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(state, tmp, pickle_protocol=4)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, device) -> dict:
-    """Load a checkpoint of this trainer, with a clear error for a missing or damaged file."""
+def load_checkpoint(path: str, device, verify: bool = True) -> dict:
+    """Load a checkpoint of this trainer, with a clear error for a missing, damaged or altered file.
+
+    ``verify`` recomputes the tensors' checksum (files of RecBole's own trainer have none).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)  # our own file: holds the Config
+        checkpoint = torch.load(  # our own file: holds the Config
+            path, map_location=device, weights_only=False, mmap=torch.device(device).type == "cpu"
+        )
     except Exception as exc:
         raise RuntimeError(f"checkpoint {path} is unreadable (truncated or corrupted?): {exc}") from exc
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise RuntimeError(f"{path} is not a RecBole checkpoint")
+    if verify and "checksum" in checkpoint and state_checksum(checkpoint["state_dict"]) != checkpoint["checksum"]:
+        raise RuntimeError(f"checkpoint {path} is corrupted: its tensors do not match their checksum")
     return checkpoint
 
 
@@ -73,12 +96,26 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def latest_resume_point(checkpoint_dir: str, model: str) -> str:
-    """The newest ``<model>-*-last.pth`` in ``checkpoint_dir`` (for ``resume: true``)."""
-    files = glob.glob(os.path.join(checkpoint_dir, f"{model}-*-last.pth"))
-    if not files:
-        raise FileNotFoundError(f"resume: no {model}-*-last.pth checkpoint in {checkpoint_dir}")
-    return max(files, key=os.path.getmtime)
+def resume_mismatch(checkpoint: dict, model: str, dataset: str, split: str | None) -> str | None:
+    """Why ``checkpoint`` cannot continue a run of ``model`` on ``dataset`` with split ``split``."""
+    config = checkpoint["config"]
+    if config["model"] != model or config["dataset"] != dataset:
+        return f"it is a {config['model']} run on {config['dataset']}, not {model} on {dataset}"
+    if split and checkpoint.get("split") and checkpoint["split"] != split:
+        return f"it was trained on another split of {dataset} (fingerprint {checkpoint['split']}, this run's {split})"
+    return None
+
+
+def latest_resume_point(checkpoint_dir: str, model: str, dataset: str, split: str | None) -> str:
+    """The newest ``<model>-*-last.pth`` in ``checkpoint_dir`` of this dataset and split (``resume: true``)."""
+    files = sorted(glob.glob(os.path.join(checkpoint_dir, f"{model}-*-last.pth")), key=os.path.getmtime, reverse=True)
+    for file in files:
+        if resume_mismatch(load_checkpoint(file, "cpu", verify=False), model, dataset, split) is None:
+            return file
+    raise FileNotFoundError(
+        f"resume: no {model}-*-last.pth checkpoint of {dataset} (split {split}) in {checkpoint_dir}"
+        + (f" ({len(files)} of other datasets or splits)" if files else "")
+    )
 
 
 class GatheredEvaluator:
@@ -103,6 +140,22 @@ class GatheredEvaluator:
         return self.evaluator.evaluate(struct)
 
 
+def reserve_run_file(path: str) -> str:
+    """``path`` (RecBole's ``<model>-<second>.pth``), else ``-1``, ``-2``... : the first name whose
+    best-model file can be created exclusively and whose resume point does not exist. The empty
+    file holds the name until the best model replaces it, so concurrent runs never share names."""
+    stem, k = path[: -len(".pth")], 0
+    while True:
+        candidate = f"{stem}-{k}.pth" if k else path
+        if not os.path.exists(candidate[: -len(".pth")] + "-last.pth"):
+            try:
+                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return candidate
+            except FileExistsError:
+                pass
+        k += 1
+
+
 class CLLM4RecTrainer(Trainer):
     def __init__(self, config, model):
         # Data parallelism is ours, not RecBole's: RecBole would wrap the whole model (frozen backbone
@@ -125,19 +178,15 @@ class CLLM4RecTrainer(Trainer):
         self.finetune_content = config["finetune_content"]
         # users with at least one training item: the collaborative and recommendation documents
         self.train_users = torch.nonzero(model.history_len > 0).squeeze(1).cpu()
-        # RecBole names runs to the second: never let a new run overwrite another one's files
-        stem, k = self.saved_model_file[: -len(".pth")], 1
-        while os.path.exists(self.saved_model_file) or os.path.exists(self.resume_file):
-            self.saved_model_file = f"{stem}-{k}.pth"
-            k += 1
+        self.split_fingerprint: str | None = None  # set by the runner: stored in checkpoints, checked on resume
+        self.finished = False  # a resumed run that had already finished: fit only re-tests it
+        self.last_epoch = -1  # the last finetuning epoch validated (and saved as the resume point)
+        self.resumed = False  # a resumed run keeps the files it continues; a new one reserves its own in fit
         self.pretrain_optimizer = self._build_optimizer(learning_rate=self.pretrain_learning_rate)
         self.pretrain_start = 0  # pretraining epochs already done (warm-up included), set by resume
         self.finetuning = False
         if self.world > 1:
-            # one run, one set of files (rank 0's names), one starting point (rank 0's ID tables)
-            names = [self.saved_model_file]
-            dist.broadcast_object_list(names, src=0)
-            self.saved_model_file = names[0]
+            # one run, one starting point (rank 0's ID tables)
             for parameter in model.trainable_parameters():
                 dist.broadcast(parameter.data, src=0)
             self.evaluator = GatheredEvaluator(self.evaluator, self.rank, self.world)
@@ -147,6 +196,13 @@ class CLLM4RecTrainer(Trainer):
         return self.saved_model_file[: -len(".pth")] + "-last.pth"
 
     # ------------------------------------------------------------------ checkpoints
+    def _reserve_files(self) -> None:
+        """One run, one set of files: rank 0 reserves the names, every rank uses them."""
+        names = [reserve_run_file(self.saved_model_file) if self.rank == 0 else None]
+        if self.world > 1:
+            dist.broadcast_object_list(names, src=0)
+        self.saved_model_file = names[0]
+
     def _state(self, epoch: int, optimizer) -> dict:
         return {
             "config": self.config,
@@ -161,6 +217,8 @@ class CLLM4RecTrainer(Trainer):
             "optimizer": optimizer.state_dict(),
             "rng": rng_state(),
             "valid_history": self.valid_history,
+            "split": self.split_fingerprint,
+            "finished": self.finished,
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -168,6 +226,8 @@ class CLLM4RecTrainer(Trainer):
         if self.rank != 0:
             return
         path = kwargs.pop("saved_model_file", self.saved_model_file)
+        if epoch == -1 and os.path.isfile(path) and os.path.getsize(path) > 0:
+            return  # RecBole's fit saves the current model when no epoch is left: the best one stays
         state = self._state(epoch, self.optimizer)
         del state["optimizer"], state["rng"], state["valid_history"]
         atomic_save(state, path)
@@ -185,6 +245,9 @@ class CLLM4RecTrainer(Trainer):
         checkpoint = load_checkpoint(str(resume_file), self.device)
         if "rng" not in checkpoint:
             raise ValueError(f"{resume_file} is a best-model checkpoint: resume from the run's -last.pth file")
+        mismatch = resume_mismatch(checkpoint, self.config["model"], self.config["dataset"], self.split_fingerprint)
+        if mismatch:
+            raise ValueError(f"cannot resume from {resume_file}: {mismatch}")
         self.model.load_state_dict(checkpoint["state_dict"])  # refuses another backbone
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.saved_model_file = checkpoint["best_model_file"]
@@ -195,13 +258,17 @@ class CLLM4RecTrainer(Trainer):
         if checkpoint["stage"] == "finetune":
             self.pretrain_start = self.content_warmup_epochs + self.pretrain_epochs
             self.start_epoch = checkpoint["epoch"] + 1
+            self.last_epoch = checkpoint["epoch"]
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         else:
             self.pretrain_start = checkpoint["epoch"] + 1
             self.pretrain_optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_state(checkpoint["rng"])
+        self.finished = bool(checkpoint.get("finished"))
+        self.resumed = True
         self.logger.info(
             f"Resuming from {resume_file}: {checkpoint['stage']} stage after epoch {checkpoint['epoch']}"
+            + (" (the run had finished: its best model is only tested again)" if self.finished else "")
         )
 
     def _build_optimizer(self, **kwargs):
@@ -315,6 +382,10 @@ class CLLM4RecTrainer(Trainer):
 
     # ------------------------------------------------------------------ stage 2 (RecBole's loop)
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.finished:  # never train on (or save over) a finished run's files
+            return self.best_valid_score, self.best_valid_result
+        if saved and not self.resumed:
+            self._reserve_files()
         self.pretrain(show_progress=show_progress)
         self.finetuning = True
         model = self.model
@@ -324,19 +395,31 @@ class CLLM4RecTrainer(Trainer):
             model.calibrate_item_head(self.train_users[: self.config["head_calibration_users"]].to(self.device))
 
         def after_validation(epoch_idx, valid_score):
+            self.last_epoch = epoch_idx
             self._save_resume_point(epoch_idx)
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)
 
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
+        self.finished = True
+        self._save_resume_point(self.last_epoch)  # now marked finished
+        if self.rank == 0 and os.path.isfile(self.saved_model_file) and os.path.getsize(self.saved_model_file) == 0:
+            os.remove(self.saved_model_file)  # nothing was saved (saved=False or no epoch): release the name
         if self.world > 1:
             dist.barrier()  # rank 0's best checkpoint is on disk before any rank loads it for testing
         return result
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        """RecBole's evaluation; the best model is loaded here, its checksum verified."""
         if self.world > 1:
             self.evaluator.n_users = eval_data.sample_size
-        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        if load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = load_checkpoint(checkpoint_file, self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, False, None, show_progress)
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)

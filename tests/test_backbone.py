@@ -86,5 +86,5 @@ def test_llm_layers_keeps_the_first_layers_and_changes_the_fingerprint(tiny_data
     assert torch.isfinite(loss)
     _, capped, _ = make_model(tiny_data, llm_layers=3)  # at most 3 of 2: the whole backbone
     assert torch.equal(capped.backbone_fingerprint, full.backbone_fingerprint)
-    with pytest.raises(ValueError, match="keep at least one layer"):
+    with pytest.raises(ValueError, match="llm_layers=0 must be at least 1"):
         make_model(tiny_data, llm_layers=0)

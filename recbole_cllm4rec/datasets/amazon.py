@@ -13,7 +13,9 @@ earliest), iterative ``--k-core`` (default 5) on users and items; with ``--split
 random 80/10/10 split (at least one validation and one test item per user, fixed ``--seed``)
 written as RecBole benchmark files. Writes ``NAME.inter``, ``NAME.review`` (review text, tabs and
 newlines escaped), ``NAME.item`` (title, categories, brand, description) and, with ``--split``,
-``NAME.{train,valid,test}.inter``. Malformed lines are counted and reported, not fatal.
+``NAME.{train,valid,test}.inter``. Malformed lines are counted and reported (with their first line
+numbers), not fatal. The output folder must be new or empty (``--overwrite`` replaces it); files are
+written to a temporary folder renamed at the end, so a dataset is never a mix of two conversions.
 """
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ import ast
 import gzip
 import json
 import random
+import shutil
 import sys
+import tempfile
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +76,9 @@ def _records(path: Path, stats: ReadStats) -> Iterator[tuple[int, dict]]:
                     yield line_no, record
                 else:
                     stats.bad(line_no)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SystemExit(f"{path}: cannot read it as (gzipped) JSON lines: {exc}") from exc
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # EOFError: a truncated .gz
+        raise SystemExit(f"{path}: cannot read it as (gzipped) JSON lines ({type(exc).__name__}: {exc or 'file ends early'}); "
+                         "is the download complete?") from exc
 
 
 def escape(text: str) -> str:
@@ -190,10 +196,21 @@ def convert(
     k: int = 5,
     split: tuple[float, float, float] | None = None,
     seed: int = 2020,
+    overwrite: bool = False,
 ) -> dict[str, int]:
-    """Write the atomic files of one dataset (named after ``out``); returns the counts it reports."""
+    """Write the atomic files of one dataset (named after ``out``); returns the counts it reports.
+
+    ``out`` must be new or empty unless ``overwrite``: then it is replaced as a whole, at the end.
+    """
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise SystemExit(f"--out {out} already holds files ({held}): choose a new folder or pass --overwrite to replace it")
     reviews, review_stats = read_reviews(reviews_path)
     report = {"review lines": review_stats.lines, "malformed review lines": review_stats.malformed}
+    if review_stats.examples:
+        print(f"{reviews_path}: malformed lines skipped, first at line(s) {review_stats.examples}", file=sys.stderr)
     reviews = [r for r in reviews if r.rating > min_rating]
     report[f"rating > {min_rating:g}"] = len(reviews)
     first: dict[tuple[str, str], Review] = {}
@@ -209,7 +226,21 @@ def convert(
         raise SystemExit(f"nothing is left after the rating filter and the {k}-core: {report}")
 
     name = out.name
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    final, out = out, Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent))
+    try:
+        _write_files(out, name, reviews, meta_path, split, seed, report)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if final.exists():  # empty, or overwrite asked for
+        shutil.rmtree(final)
+    out.chmod(0o755)  # mkdtemp makes it private
+    out.rename(final)
+    return report
+
+
+def _write_files(out: Path, name: str, reviews: list[Review], meta_path: Path | None, split, seed: int, report: dict) -> None:
     _write_inter(out / f"{name}.inter", reviews)
     review_lines = ["user_id:token\titem_id:token\treview:text"]
     review_lines += [f"{escape(r.user)}\t{escape(r.item)}\t{escape(r.text)}" for r in sorted(reviews, key=lambda r: (r.user, r.time))]
@@ -219,6 +250,8 @@ def convert(
     if meta_path is not None:
         meta, meta_stats = read_meta(meta_path, set(items))
         report["malformed meta lines"] = meta_stats.malformed
+        if meta_stats.examples:
+            print(f"{meta_path}: malformed lines skipped, first at line(s) {meta_stats.examples}", file=sys.stderr)
         report["items with metadata"] = len(meta)
         columns = ("title", "categories", "brand", "description")
         item_lines = ["item_id:token\t" + "\t".join(f"{c}:token" for c in columns)]
@@ -231,7 +264,6 @@ def convert(
         for part, rows in split_per_user(reviews, split, seed).items():
             _write_inter(out / f"{name}.{part}.inter", rows)
             report[f"{part} interactions"] = len(rows)
-    return report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k-core", type=int, default=5)
     parser.add_argument("--split", nargs="?", const="0.8,0.1,0.1", default=None, help="write a per-user random split")
     parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--overwrite", action="store_true", help="replace an output folder that already holds files")
     args = parser.parse_args(argv)
     split = None
     if args.split:
@@ -254,12 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     for path in (args.reviews, args.meta):
         if path is not None and not path.is_file():
             parser.error(f"{path} does not exist")
-    report = convert(args.reviews, args.meta, args.out, args.min_rating, args.k_core, split, args.seed)
+    report = convert(args.reviews, args.meta, args.out, args.min_rating, args.k_core, split, args.seed, args.overwrite)
     width = max(map(len, report))
     for key, value in report.items():
         print(f"{key:<{width}}  {value:>10,}")
-    if report["malformed review lines"] or report.get("malformed meta lines"):
-        print("malformed lines were skipped", file=sys.stderr)
     print(f"wrote {args.out}/{args.out.name}.* (use --data_path={args.out.parent} --dataset={args.out.name})")
 
 

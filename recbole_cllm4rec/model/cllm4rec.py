@@ -43,6 +43,7 @@ from recbole_cllm4rec.corpus import (
     review_texts,
     token_budget_batches,
 )
+from recbole_cllm4rec.validation import Rule, check_config_values
 
 
 # What the item head reads: the last token's state (paper), the mean over the document's states, the
@@ -181,8 +182,40 @@ class ItemLogSumExp(torch.autograd.Function):
 
 class CLLM4Rec(GeneralRecommender):
     input_type = InputType.POINTWISE
+    # what each key of properties/CLLM4Rec.yaml accepts: refused before the backbone loads
+    CONFIG_RULES = {
+        "llm_layers": Rule(int, low=1, optional=True),
+        "llm_dtype": Rule(str, choices=("auto", "float32", "bfloat16", "float16")),
+        "llm_dropout": Rule(float, low=0, below=1, optional=True),
+        "llm_compile": Rule(bool),
+        "llm_pretrained": Rule(bool),
+        "lora_rank": Rule(int, low=0),
+        "lora_alpha": Rule(float, low=0),
+        "lora_learning_rate": Rule(float, low=0, optional=True),
+        "init_std": Rule(float, low=0, optional=True),
+        "item_init": Rule(str, choices=("random", "text", "svd")),
+        "max_seq_len": Rule(int, low=8),
+        "scoring_max_seq_len": Rule(int, low=8, optional=True),
+        "content_warmup_epochs": Rule(int, low=0),
+        "pretrain_epochs": Rule(int, low=0),
+        "pretrain_learning_rate": Rule(float, low=0),
+        "lambda_c": Rule(float, low=0),
+        "mutual_reg_reduction": Rule(str, choices=("sum", "mean")),
+        "item_reorder": Rule(bool),
+        "mask_ratio": Rule(float, low=0, below=1),
+        "visible_target_weight": Rule(float, low=0, high=1),
+        "readout": Rule(str, choices=READOUTS),
+        "item_bias": Rule(bool),
+        "item_head": Rule(str, choices=("tied", "standardized")),
+        "head_calibration_users": Rule(int, low=1),
+        "finetune_content": Rule(bool),
+        "train_batch_tokens": Rule(int, low=1),
+        "eval_batch_tokens": Rule(int, low=1),
+        "item_chunk_size": Rule(int, low=1),
+    }
 
     def __init__(self, config, dataset):
+        check_config_values(config, self.CONFIG_RULES)
         super().__init__(config, dataset)
         self.llm = config["llm"]
         self.backbone, self.tokenizer = load_backbone(self.llm, config["llm_cache_dir"])
@@ -211,20 +244,12 @@ class CLLM4Rec(GeneralRecommender):
             if context is not None and getattr(self, key) > context:
                 raise ValueError(f"{key}={getattr(self, key)} exceeds the backbone's context of {context} tokens")
         self.lambda_c = config["lambda_c"]
-        if config["mutual_reg_reduction"] not in ("sum", "mean"):
-            raise ValueError(f"mutual_reg_reduction must be 'sum' or 'mean', got {config['mutual_reg_reduction']!r}")
         self.mutual_reg_mean = config["mutual_reg_reduction"] == "mean"
         self.mask_ratio = config["mask_ratio"]
         self.visible_target_weight = float(config["visible_target_weight"])
-        if not 0.0 <= self.visible_target_weight <= 1.0:
-            raise ValueError(f"visible_target_weight must be in [0, 1], got {self.visible_target_weight}")
-        if config["readout"] not in READOUTS:
-            raise ValueError(f"readout must be one of {', '.join(READOUTS)}; got {config['readout']!r}")
         self.readout = config["readout"]
         self.item_reorder = config["item_reorder"]
         self.item_chunk_size = config["item_chunk_size"]
-        if config["item_head"] not in ("tied", "standardized"):
-            raise ValueError(f"item_head must be 'tied' or 'standardized', got {config['item_head']!r}")
         self.standardized_head = config["item_head"] == "standardized"
         # (rank, world size) under data parallelism: every rank builds the documents of the whole
         # batch (so random reordering and masking match one process) and runs its own rows; losses
@@ -264,8 +289,6 @@ class CLLM4Rec(GeneralRecommender):
             self.register_buffer("hidden_mean", torch.zeros(dim))
             self.register_buffer("hidden_std", torch.ones(dim))
             self.register_buffer("head_calibrated", torch.tensor(False))
-        if config["item_init"] not in ("random", "text", "svd"):
-            raise ValueError(f"item_init must be 'random', 'text' or 'svd', got {config['item_init']!r}")
         if config["item_init"] == "text" and not config["item_text_template"]:
             raise ValueError("item_init: text needs item_text_template (the text each item starts from)")
 

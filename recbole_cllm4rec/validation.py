@@ -1,0 +1,210 @@
+"""Checks that stop a run before any work when its input would give a silently wrong result.
+
+Each problem ends in one line naming the file, key or value and what to do about it:
+
+- config keys: a value of the wrong type or range is refused (``Rule``); a key no part of RecBole or
+  the plugin reads is a warning with the closest known key (a typo would otherwise be ignored);
+- atomic files: rows whose field count differs from the header (a raw tab or newline inside a text
+  field shifts columns and adds phantom rows), empty interaction files, and duplicate (user, item)
+  pairs, which are counted and removed (``rm_dup_inter``, ``first`` unless set), or refused where
+  removing them would scramble a pre-split dataset.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a config key accepts: a type (``int``, ``float``, ``bool``, ``str``), a range or choices,
+    and whether ``None`` (yaml ``~``) is allowed."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None  # inclusive
+    below: float | None = None  # exclusive upper bound
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is refused, or ``None`` if it is fine."""
+        if value is None:
+            return None if self.optional else "must be set"
+        if self.kind is bool:
+            return None if isinstance(value, bool) else "must be True or False"
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            return "must be an integer"
+        if self.kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return "must be a number"
+        if self.kind is str and not isinstance(value, str):
+            return "must be a string"
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}"
+        if self.low is not None and value < self.low:
+            return f"must be at least {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"must be at most {self.high:g}"
+        if self.below is not None and value >= self.below:
+            return f"must be below {self.below:g}"
+        return None
+
+
+# Keys every model run through the plugin uses (RecBole's training loop).
+COMMON_RULES = {
+    "epochs": Rule(int, low=0),
+    "stopping_step": Rule(int, low=1),
+    "learning_rate": Rule(float, low=0, optional=True),
+    "train_batch_size": Rule(int, low=1),
+    "eval_batch_size": Rule(int, low=1),
+    "seed": Rule(int),
+}
+
+# Keys RecBole sets or reads at run time that none of its yaml files list.
+RUNTIME_KEYS = frozenset(
+    "model dataset device local_rank world_size nproc offset ip port resume single_spec verbose "
+    "MODEL_TYPE MODEL_INPUT_TYPE eval_type train_neg_sample_args valid_neg_sample_args "
+    "test_neg_sample_args config_files use_filter".split()
+)
+
+
+def check_config_values(config, rules: dict[str, Rule]) -> None:
+    """Refuse the first key whose value breaks its rule (one line: key, value, what it must be)."""
+    for key, rule in rules.items():
+        value = config[key]
+        problem = rule.problem(value)
+        if problem:
+            raise ValueError(f"config key {key}={value!r} {problem}")
+
+
+@functools.lru_cache(maxsize=None)
+def known_keys(properties_dir: str) -> frozenset[str]:
+    """Every key of RecBole's yaml files (all models and datasets) and of the plugin's, plus runtime keys."""
+    import recbole
+
+    files = list((Path(recbole.__file__).parent / "properties").rglob("*.yaml"))
+    files += list(Path(properties_dir).rglob("*.yaml"))
+    keys = set(RUNTIME_KEYS)
+    for file in files:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        if isinstance(loaded, dict):
+            keys.update(loaded)
+    return frozenset(keys)
+
+
+def unknown_key_warnings(config, properties_dir: str | Path, model_keys=()) -> list[str]:
+    """One warning per key the user gave (files, ``config_dict``, command line) that nothing reads."""
+    known = known_keys(str(properties_dir)) | set(model_keys)
+    given = {**config.file_config_dict, **config.variable_config_dict, **config.cmd_config_dict}
+    warnings = []
+    for key in given:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            warnings.append(f"unknown config key {key!r}{hint}: nothing reads it, it is ignored")
+    return warnings
+
+
+# ---------------------------------------------------------------------- atomic files
+def _rows(path: Path, separator: str):
+    """(line number, field count) of every non-blank line after the header."""
+    sep = separator.encode()
+    with open(path, "rb") as f:
+        next(f, None)
+        for line_no, line in enumerate(f, 2):
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield line_no, line.count(sep) + 1
+
+
+def check_atomic_file(path: Path, separator: str = "\t") -> int:
+    """Refuse a file whose rows do not match its header's field count; returns the number of rows."""
+    with open(path, "rb") as f:
+        header = f.readline().rstrip(b"\r\n")
+    if not header.strip():
+        raise ValueError(f"{path} is empty: an atomic file starts with a header line of field:type columns")
+    width = header.count(separator.encode()) + 1
+    bad, rows = [], 0
+    for line_no, count in _rows(path, separator):
+        rows += 1
+        if count != width:
+            bad.append(f"line {line_no} has {count}")
+    if bad:
+        raise ValueError(
+            f"{path}: {len(bad)} row(s) do not have the header's {width} fields ({'; '.join(bad[:3])}"
+            f"{'; ...' if len(bad) > 3 else ''}): a raw tab or newline inside a text field? "
+            r"Write them as \t and \n (CLLM4Rec turns them back)."
+        )
+    return rows
+
+
+def _pairs(path: Path, user_field: str, item_field: str, separator: str) -> list[tuple[str, str]]:
+    with open(path, encoding="utf-8") as f:
+        names = [c.split(":")[0] for c in f.readline().rstrip("\r\n").split(separator)]
+        if user_field not in names or item_field not in names:
+            return []
+        u, i = names.index(user_field), names.index(item_field)
+        return [(row[u], row[i]) for row in (line.rstrip("\r\n").split(separator) for line in f) if len(row) == len(names)]
+
+
+def check_dataset_files(config) -> None:
+    """Validate the dataset's atomic files before RecBole reads them (see the module docstring).
+
+    Pre-split datasets (``benchmark_filename``) are cut apart by row counts after RecBole's
+    filtering, so any row RecBole drops or reorders there mixes the parts: duplicates are refused
+    and ``rm_dup_inter`` is turned off (with a line in the log) for them.
+    """
+    folder = Path(config["data_path"])
+    name = config["dataset"]
+    separator = config["field_separator"] or "\t"
+    benchmark = config["benchmark_filename"]
+    inter_files = [folder / f"{name}.{part}.inter" for part in benchmark] if benchmark else [folder / f"{name}.inter"]
+    for path in inter_files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist (dataset {name!r} under data_path {folder.parent})")
+        if check_atomic_file(path, separator) == 0:
+            raise ValueError(f"{path} has a header but no interactions")
+    for suffix in ("item", "user", "review"):
+        path = folder / f"{name}.{suffix}"
+        if path.is_file():
+            check_atomic_file(path, separator)
+
+    pairs = [p for path in inter_files for p in _pairs(path, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], separator)]
+    duplicates = len(pairs) - len(set(pairs))
+    if benchmark:
+        if duplicates:
+            raise ValueError(
+                f"{duplicates} (user, item) pair(s) occur more than once across {name}.{{{','.join(benchmark)}}}.inter: "
+                "a test pair also in training is masked at test and can never be recommended. Remove the duplicates "
+                "from the files (RecBole cannot: it would mix the parts)."
+            )
+        if config["rm_dup_inter"] is not None:
+            logger.info("benchmark files hold no duplicate pairs: rm_dup_inter off (RecBole would reorder the rows before cutting the parts)")
+            config["rm_dup_inter"] = None
+    elif duplicates:
+        if config["rm_dup_inter"] is None:  # not set: keep the first of each (the earliest, with timestamps)
+            config["rm_dup_inter"] = "first"
+        logger.warning(
+            f"{name}.inter: {duplicates} duplicate (user, item) pair(s) removed, the {config['rm_dup_inter']} of "
+            "each kept (rm_dup_inter): otherwise the split could put a pair in training and test"
+        )
+
+
+def check_benchmark_rows(dataset) -> None:
+    """A pre-split dataset is cut apart by its files' row counts after filtering: refuse any drop."""
+    sizes = getattr(dataset, "file_size_list", None)
+    if dataset.benchmark_filename_list and sizes and sum(sizes) != len(dataset.inter_feat):
+        raise ValueError(
+            f"RecBole's filters dropped {sum(sizes) - len(dataset.inter_feat)} of {sum(sizes)} interactions of the "
+            "pre-split benchmark files, which are cut apart by row counts: the parts would be mixed. Turn the "
+            "filters off for this dataset (user_inter_num_interval, item_inter_num_interval, val_interval, "
+            "filter_inter_by_user_or_item) or filter the files themselves."
+        )
