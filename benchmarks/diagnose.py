@@ -12,6 +12,7 @@ share of its test interactions that reach the top 20. Prints Markdown; ``--out``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -48,14 +49,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    from recbole.config import Config
     from recbole.model.general_recommender import EASE
-    from recbole_cllm4rec.quick_start import isolated_argv, load_data_and_model
 
-    with isolated_argv():
-        config, model, _, train, valid, test = load_data_and_model(args.checkpoint)
-        ease_config = Config(model="EASE", dataset=config["dataset"],
-                             config_dict={"data_path": config["data_path"], "reg_weight": args.ease_reg_weight})  # fmt: skip
+    from recbole_cllm4rec.quick_start import load_data_and_model
+    from recbole_cllm4rec.registry import Config
+
+    config, model, _, train, valid, test = load_data_and_model(args.checkpoint)
+    ease_config = Config(model="EASE", dataset=config["dataset"],
+                         config_dict={"data_path": os.path.dirname(config["data_path"]), "reg_weight": args.ease_reg_weight})  # fmt: skip
     ease = EASE(ease_config, train.dataset)  # fits in its constructor, on this split's training interactions
 
     def by_user(dataset) -> list[set]:

@@ -18,21 +18,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import recbole_cllm4rec  # noqa: E402,F401
-from recbole_cllm4rec.quick_start import isolated_argv, markdown_table  # noqa: E402
+from recbole_cllm4rec.quick_start import markdown_table  # noqa: E402
+from recbole_cllm4rec.registry import Config  # noqa: E402
 
 
 def measure(dataset: str, layers: int | None, n_users: int, extra: dict, pretrained: bool = True) -> list:
-    from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
     from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
 
-    with isolated_argv():
-        config = Config(
-            model="CLLM4Rec", dataset=dataset,
-            config_dict={"llm_layers": layers, "llm_pretrained": pretrained, "state": "WARNING", **extra},
-        )
+    config = Config(
+        model="CLLM4Rec", dataset=dataset,
+        config_dict={"llm_layers": layers, "llm_pretrained": pretrained, "state": "WARNING", **extra},
+    )
     init_seed(config["seed"], config["reproducibility"])
     train, _, _ = data_preparation(config, create_dataset(config))
     model = CLLM4Rec(config, train.dataset).eval()

@@ -22,9 +22,8 @@ def main(argv: list[str] | None = None) -> dict[int, dict]:
     parser.add_argument("--lengths", default="128,256,512")
     args = parser.parse_args(argv)
 
-    from recbole.utils import get_trainer
-
     from recbole_cllm4rec.quick_start import load_data_and_model
+    from recbole_cllm4rec.registry import get_trainer
 
     config, model, _, _, valid, _ = load_data_and_model(args.checkpoint)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)

@@ -25,13 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import recbole_cllm4rec  # noqa: E402,F401
-from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_cllm4rec.corpus import token_budget_batches  # noqa: E402
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec  # noqa: E402
-from recbole_cllm4rec.quick_start import isolated_argv, markdown_table  # noqa: E402
+from recbole_cllm4rec.quick_start import markdown_table  # noqa: E402
+from recbole_cllm4rec.registry import Config  # noqa: E402
 from recbole_cllm4rec.trainer import CLLM4RecTrainer  # noqa: E402
 
 STAGES = ("content", "collaborative", "recommendation", "scoring")
@@ -92,10 +92,7 @@ def measure(trainer: CLLM4RecTrainer, stage: str, n_batches: int, eval_users: in
             with torch.no_grad():
                 model.full_sort_predict({model.USER_ID: batch.to(device)})
         else:
-            trainer.optimizer.zero_grad()
-            loss, reg = step(batch.to(device))
-            (loss + reg).backward()
-            trainer.optimizer.step()
+            trainer.train_step(batch, step, trainer.optimizer)  # the trainer's own step
         synchronize(device)
         if k == 0:
             continue  # warm-up
@@ -167,8 +164,7 @@ def main() -> None:
         }
         if args.data_path:
             config_dict["data_path"] = args.data_path
-        with isolated_argv():
-            config = Config(model="CLLM4Rec", dataset=args.dataset, config_dict=config_dict)
+        config = Config(model="CLLM4Rec", dataset=args.dataset, config_dict=config_dict)
         init_seed(config["seed"], True)
         train, _, _ = data_preparation(config, create_dataset(config))
         trainer = CLLM4RecTrainer(config, CLLM4Rec(config, train.dataset).to(config["device"]))

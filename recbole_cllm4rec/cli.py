@@ -1,7 +1,9 @@
-"""Command line of ``run_recbole.py``: RecBole's flags plus ``--model=A,B,C`` for a comparison."""
+"""Command lines of ``run_recbole.py`` / ``python -m recbole_cllm4rec`` (RecBole's flags plus
+``--model=A,B,C`` for a comparison) and of ``run_hyper.py`` / ``python -m recbole_cllm4rec.hyper``."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
@@ -22,12 +24,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--port", default="5678", help="a free port on that machine")
     parser.add_argument("--group_offset", type=int, default=0, help="global rank of this machine's first process")
     args, rest = parser.parse_known_args(argv)
+    return args, parse_overrides(rest)
+
+
+def parse_overrides(rest: list[str]) -> dict[str, str]:
+    """``--key=value`` / ``--key value`` / ``--flag`` arguments as config overrides (strings)."""
     overrides: dict[str, str] = {}
     i = 0
     while i < len(rest):
         arg = rest[i]
         if not arg.startswith("--") or arg == "--":
-            raise SystemExit(f"run_recbole.py: unexpected argument {arg!r} (config overrides look like --key=value)")
+            raise SystemExit(f"unexpected argument {arg!r} (config overrides look like --key=value)")
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
         elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
@@ -37,4 +44,48 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
             key, value = arg[2:], "True"
         overrides[key] = value
         i += 1
-    return args, overrides
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train and test one model, or compare several on one split (``run_recbole.py``)."""
+    from recbole_cllm4rec.quick_start import run
+
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    run(
+        models=[m.strip() for m in args.model.split(",") if m.strip()],
+        dataset=args.dataset,
+        config_file_list=args.config_files.strip().split(" ") if args.config_files else None,
+        config_dict=overrides,
+        results_dir=args.results_dir,
+        nproc=args.nproc,
+        world_size=args.world_size,
+        ip=args.ip,
+        port=args.port,
+        group_offset=args.group_offset,
+    )
+
+
+def hyper_main(argv: list[str] | None = None) -> None:
+    """Hyperparameter search (``run_hyper.py``); see its docstring."""
+    from recbole_cllm4rec.quick_start import run_hyper
+
+    parser = argparse.ArgumentParser(description="Hyperparameter search for CLLM4Rec or any RecBole model (HyperTuning).")
+    parser.add_argument("--model", "-m", default="CLLM4Rec")
+    parser.add_argument("--dataset", "-d", default="ml-100k")
+    parser.add_argument("--config_files", default=None, help="config files separated by spaces")
+    parser.add_argument("--params_file", required=True, help="the search space (RecBole's .hyper format)")
+    parser.add_argument("--algo", default="exhaustive", choices=["exhaustive", "random", "bayes"])
+    parser.add_argument("--max_evals", type=int, default=100, help="trials of random / bayes")
+    parser.add_argument("--output_file", default=None, help="every trial's metrics (default hyper-<model>-<dataset>.result)")
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    run_hyper(
+        args.model,
+        args.dataset,
+        args.params_file,
+        config_file_list=args.config_files.strip().split(" ") if args.config_files else None,
+        config_dict=parse_overrides(rest),
+        algo=args.algo,
+        max_evals=args.max_evals,
+        output_file=args.output_file,
+    )

@@ -1,26 +1,23 @@
 """Run one or several models on the identical split and compare them in one table.
 
-Each model goes through RecBole's own pieces (``Config``, ``create_dataset``, ``data_preparation``,
-``get_model``, ``get_trainer``), with the same seed and protocol, so every model sees the same split;
+Each model goes through RecBole's own pieces (``create_dataset``, ``data_preparation``, its
+trainer) with the plugin's ``Config``, ``get_model`` and ``get_trainer``, the same seed and protocol, so every model sees the same split;
 a fingerprint of the split is recorded per model and checked to be equal.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import logging
 import os
-import sys
 from pathlib import Path
 from time import time
 
 import torch
-from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_color
+from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_cllm4rec.registry import PROPERTIES_DIR, check_model_name, under_torchrun
+from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, under_torchrun
 from recbole_cllm4rec.trainer import latest_resume_point, load_checkpoint
 from recbole_cllm4rec.validation import (
     COMMON_RULES,
@@ -33,15 +30,48 @@ from recbole_cllm4rec.validation import (
 logger = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def isolated_argv():
-    """RecBole's ``Config`` parses ``sys.argv`` on its own: hide it, the caller passes ``config_dict``."""
-    saved = sys.argv
-    sys.argv = saved[:1]
+_RUN_LOG_HANDLERS: list[logging.Handler] = []
+
+
+def init_run_logger(config) -> None:
+    """RecBole's ``init_logger``, giving every run its own log file (and so its own TensorBoard
+    folder, which RecBole names after the log file).
+
+    RecBole's ``basicConfig`` does nothing once the root logger has handlers, so in a comparison
+    every later model would log into the first model's file: the previous run's handlers are closed
+    first, and handlers installed by others (pytest, the user) are kept.
+    """
+    root = logging.getLogger()
+    for handler in _RUN_LOG_HANDLERS:
+        root.removeHandler(handler)
+        handler.close()
+    others = root.handlers[:]
+    for handler in others:
+        root.removeHandler(handler)
     try:
-        yield
+        init_logger(config)
     finally:
-        sys.argv = saved
+        _RUN_LOG_HANDLERS[:] = root.handlers
+        for handler in others:
+            root.addHandler(handler)
+
+
+def fit_topk_to_catalog(config, n_items: int) -> None:
+    """Drop the ``topk`` cut-offs longer than the catalog (RecBole would fail after training), with a
+    warning; refuse a ``valid_metric`` whose cut-off is dropped."""
+    topk = [config["topk"]] if isinstance(config["topk"], int) else list(config["topk"])
+    kept = [k for k in topk if k <= n_items]
+    if kept == topk:
+        return
+    kept = kept or [n_items]
+    logging.getLogger().warning(f"topk {topk} reaches beyond the {n_items} items of {config['dataset']}: topk {kept}")
+    config["topk"] = kept
+    metric, _, k = str(config["valid_metric"]).partition("@")
+    if k and int(k) not in kept:
+        raise ValueError(
+            f"valid_metric {config['valid_metric']} needs a top-{k} of {config['dataset']}'s {n_items} items: "
+            f"choose a cut-off of at most {n_items} (for example --valid_metric={metric}@{max(kept)})"
+        )
 
 
 def split_fingerprint(*datasets) -> str:
@@ -56,18 +86,17 @@ def split_fingerprint(*datasets) -> str:
 
 def run_model(model: str, dataset: str, config_file_list=None, config_dict=None, saved: bool = True) -> dict:
     """Train and test one model; returns metrics, timings and the split fingerprint."""
-    with isolated_argv():
-        config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     # absolute: checkpoints record it, and they are loaded from other folders
     config["data_path"] = os.path.abspath(config["data_path"])
     init_seed(config["seed"], config["reproducibility"])
     if config["single_spec"]:
-        init_logger(config)
+        init_run_logger(config)
     else:  # RecBole's init_logger creates ./log/<model> check-then-create: rank 0 first, then the rest
         first = torch.distributed.get_rank() == 0
         for turn in (True, False):
             if first == turn:
-                init_logger(config)
+                init_run_logger(config)
             torch.distributed.barrier()
     log = logging.getLogger()
     log.info(config)
@@ -77,6 +106,7 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     check_dataset_files(config)
     data = create_dataset(config)
     check_benchmark_rows(data)
+    fit_topk_to_catalog(config, data.item_num - 1)
     log.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     fingerprint = split_fingerprint(train_data.dataset, valid_data.dataset, test_data.dataset)
@@ -108,6 +138,7 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
         "model": config["model"],
         "dataset": config["dataset"],
         "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result),
         "train_time": train_time,
@@ -150,6 +181,44 @@ def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data
+
+
+def objective_function(model: str, dataset: str, config_dict: dict | None = None):
+    """RecBole's ``HyperTuning`` objective for ``model`` on ``dataset`` through :func:`run_model`
+    (the plugin's config and protocol); each trial's parameters override ``config_dict``."""
+
+    def objective(trial_dict=None, config_file_list=None, saved=True) -> dict:
+        result = run_model(model, dataset, config_file_list, {**(config_dict or {}), **(trial_dict or {})}, saved)
+        return {
+            "model": model,
+            "best_valid_score": result["best_valid_score"],
+            "valid_score_bigger": result["valid_score_bigger"],
+            "best_valid_result": result["best_valid_result"],
+            "test_result": result["test_result"],
+        }
+
+    return objective
+
+
+def run_hyper(model: str, dataset: str, params_file: str, config_file_list=None, config_dict=None,
+              algo: str = "exhaustive", max_evals: int = 100, output_file: str | None = None) -> dict:  # fmt: skip
+    """Search ``params_file``'s space (RecBole's format) with RecBole's ``HyperTuning`` (hyperopt);
+    writes every trial's valid and test metrics to ``output_file``; returns the best parameters,
+    their validation score and test metrics."""
+    from recbole.trainer import HyperTuning
+
+    check_model_name(model)
+    tuner = HyperTuning(
+        objective_function(model, dataset, config_dict), params_file=params_file,
+        fixed_config_file_list=config_file_list, algo=algo, max_evals=max_evals,
+    )  # fmt: skip
+    tuner.run()
+    output_file = output_file or f"hyper-{model}-{dataset}.result"
+    tuner.export_result(output_file=output_file)
+    best = tuner.params2result[tuner.params2str(tuner.best_params)]
+    print(f"best params: {tuner.best_params}\nbest valid: {best['best_valid_result']}\ntest: {best['test_result']}")
+    print(f"every trial: {output_file}")
+    return {"params": tuner.best_params, "best_valid_score": tuner.best_score, "test_result": best["test_result"]}
 
 
 def _run_rank(rank: int, model: str, dataset: str, config_file_list, config_dict: dict, saved: bool, queue) -> None:
@@ -201,6 +270,31 @@ def comparison_rows(results: list[dict]) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def comparison_chart(results: list[dict], path: Path) -> bool:
+    """Test metrics per model as grouped bars in a PNG; ``False`` (nothing drawn) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    metrics = list(results[0]["test_result"])
+    width = 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(metrics) * max(1, len(results) / 2)), 4))
+    for k, result in enumerate(results):
+        positions = [m + (k - (len(results) - 1) / 2) * width for m in range(len(metrics))]
+        ax.bar(positions, [result["test_result"][m] for m in metrics], width, label=result["model"])
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_ylabel("test")
+    ax.set_title(f"{results[0]['dataset']} (split {results[0]['split']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
@@ -223,7 +317,7 @@ def run(
     """Run every model on ``dataset`` (same split), print and save the comparison table.
 
     Unknown model names fail before anything trains. The table goes to stdout and to
-    ``results_dir/<dataset>-<time>.md`` and ``.csv``. With ``nproc`` > 1 (or ``world_size`` over
+    ``results_dir/<dataset>-<models>-<time>.md`` and ``.csv``, drawn as ``.png`` with matplotlib. With ``nproc`` > 1 (or ``world_size`` over
     several machines, RecBole's launcher) or under torchrun, each model trains data-parallel and
     only global rank 0 writes the table.
     """
@@ -260,5 +354,6 @@ def run(
     stem.with_suffix(".md").write_text(table + "\n")
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         csv.writer(f).writerows([header] + rows)
-    print(f"\n{table}\n\nsaved to {stem}.md and {stem}.csv")
+    saved = [f"{stem}.md", f"{stem}.csv"] + ([f"{stem}.png"] if comparison_chart(results, stem.with_suffix(".png")) else [])
+    print(f"\n{table}\n\nsaved to {', '.join(saved)}")
     return results

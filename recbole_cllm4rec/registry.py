@@ -1,11 +1,10 @@
-"""The one place where this plugin plugs into RecBole.
+"""The one place where this plugin plugs into RecBole, without rebinding anything inside it.
 
-``install()`` (run on ``import recbole_cllm4rec``) makes RecBole's own ``get_model`` and
-``get_trainer`` resolve the plugin's models first and fall back to RecBole's, and layers the
-plugin's yaml files under the user's config: ``properties/overall.yaml`` (benchmark protocol, every
-model), ``properties/<Model>.yaml`` (model defaults) and ``properties/dataset/<dataset>.yaml``
-(dataset presets). User config files, ``config_dict`` and the command line still win. It also
-registers the ``PaperRecall`` metric and runs data-parallel jobs on gloo when there is no GPU.
+The plugin's entry points (``run_recbole.py``, ``run_hyper.py``, ``quick_start.run_model``,
+``recommend``) build :class:`Config`, a subclass of RecBole's, and resolve models and trainers with
+:func:`get_model` / :func:`get_trainer`: the plugin's first, RecBole's otherwise. A plain
+``import recbole_cllm4rec`` applies the compatibility shims and registers the ``PaperRecall`` metric;
+RecBole's own ``run_recbole`` and ``Config`` behave exactly as without the plugin.
 """
 from __future__ import annotations
 
@@ -13,6 +12,11 @@ import functools
 import importlib
 import os
 from pathlib import Path
+
+import recbole.utils as recbole_utils
+from recbole.config import Config as RecBoleConfig
+
+from recbole_cllm4rec import metrics
 
 # the yaml defaults: inside the installed package (a wheel), else the checkout's top-level folder
 _PACKAGED = Path(__file__).resolve().parent / "properties"
@@ -65,94 +69,85 @@ def check_model_name(name: str) -> None:
 
 
 def get_model(model_name: str):
-    """RecBole's ``get_model``, with the plugin's models and a clear error for unknown names."""
+    """The plugin's models first, then RecBole's; a clear error for unknown names."""
     if model_name in MODELS:
         return _import(MODELS[model_name])
     check_model_name(model_name)
-    return _recbole_get_model(model_name)
+    return recbole_utils.get_model(model_name)
 
 
 def get_trainer(model_type, model_name: str):
-    """RecBole's ``get_trainer``, with the plugin's trainers."""
+    """The plugin's trainers first, then RecBole's."""
     if model_name in TRAINERS:
         return _import(TRAINERS[model_name])
-    return _recbole_get_trainer(model_type, model_name)
-
-
-def _load_internal_config_dict(self, model, model_class, dataset) -> None:
-    """RecBole's internal defaults, then the plugin's yaml files on top (still under user config)."""
-    _recbole_load_internal_config_dict(self, model, model_class, dataset)
-    dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
-    for file in (PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / f"{model}.yaml", dataset_file):
-        if file.is_file():
-            loaded = self._update_internal_config_dict(str(file)) or {}
-            if file == dataset_file:
-                self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+    return recbole_utils.get_trainer(model_type, model_name)
 
 
 def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
 
 
-def _init_device(self) -> None:
-    """RecBole's device setup; for data-parallel runs (``local_rank`` set) the plugin's own:
-    NCCL on CUDA, gloo on CPU (RecBole hard-codes NCCL and CUDA), ``env://`` under torchrun, and
-    only global rank 0 logs."""
-    config = self.final_config_dict
-    if "local_rank" not in config:
-        return _recbole_init_device(self)
-    import torch
-    import torch.distributed as dist
+class Config(RecBoleConfig):
+    """RecBole's ``Config`` as the plugin's entry points build it (RecBole's own stays untouched).
 
-    gpu_id = ",".join(map(str, config["gpu_id"])) if isinstance(config["gpu_id"], tuple) else str(config["gpu_id"])
-    config["gpu_id"] = gpu_id
-    use_cuda = bool(config["use_gpu"]) and bool(gpu_id) and torch.cuda.is_available()
-    if use_cuda:
-        if not under_torchrun():  # RecBole's launcher: gpu_id lists one GPU per process
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
-        config["device"] = torch.device("cuda", config["local_rank"])
-        torch.cuda.set_device(config["device"])
-    else:
-        config["device"] = torch.device("cpu")
-    rank = config["local_rank"] + (config["offset"] or 0)
-    if not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
-            rank=rank,
-            world_size=config["world_size"],
-            init_method="env://" if under_torchrun() else f"tcp://{config['ip']}:{config['port']}",
-        )
-    config["single_spec"] = False
-    if rank != 0:
-        config["state"] = "error"
-        config["show_progress"] = False
-        config["verbose"] = False
+    - model names resolve through :func:`get_model` (the plugin's models, then RecBole's);
+    - the plugin's yaml files sit between RecBole's defaults and the user's config:
+      ``properties/overall.yaml`` (the benchmark protocol, every model), ``properties/<Model>.yaml``
+      (model defaults) and ``properties/dataset/<dataset>.yaml`` (dataset presets);
+    - the command line is not read: entry points parse it and pass ``config_dict``;
+    - data-parallel runs (``local_rank`` set) use NCCL on CUDA and gloo on CPU (RecBole hard-codes
+      NCCL and CUDA), ``env://`` under torchrun, and only global rank 0 logs.
+    """
+
+    def _load_cmd_line(self) -> dict:
+        return {}
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+        return super()._get_model_and_dataset(get_model(model) if isinstance(model, str) else model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset) -> None:
+        super()._load_internal_config_dict(model, model_class, dataset)
+        dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
+        for file in (PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / f"{model}.yaml", dataset_file):
+            if file.is_file():
+                loaded = self._update_internal_config_dict(str(file)) or {}
+                if file == dataset_file:
+                    self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+
+    def _init_device(self) -> None:
+        config = self.final_config_dict
+        if "local_rank" not in config:
+            return super()._init_device()
+        import torch
+        import torch.distributed as dist
+
+        gpu_id = ",".join(map(str, config["gpu_id"])) if isinstance(config["gpu_id"], tuple) else str(config["gpu_id"])
+        config["gpu_id"] = gpu_id
+        use_cuda = bool(config["use_gpu"]) and bool(gpu_id) and torch.cuda.is_available()
+        if use_cuda:
+            if not under_torchrun():  # RecBole's launcher: gpu_id lists one GPU per process
+                os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+            config["device"] = torch.device("cuda", config["local_rank"])
+            torch.cuda.set_device(config["device"])
+        else:
+            config["device"] = torch.device("cpu")
+        rank = config["local_rank"] + (config["offset"] or 0)
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend="nccl" if use_cuda else "gloo",
+                rank=rank,
+                world_size=config["world_size"],
+                init_method="env://" if under_torchrun() else f"tcp://{config['ip']}:{config['port']}",
+            )
+        config["single_spec"] = False
+        if rank != 0:
+            config["state"] = "error"
+            config["show_progress"] = False
+            config["verbose"] = False
 
 
-_recbole_get_model = _recbole_get_trainer = _recbole_load_internal_config_dict = _recbole_init_device = None
-
-
-def install() -> None:
-    """Patch the names RecBole modules imported from ``recbole.utils`` (idempotent)."""
-    global _recbole_get_model, _recbole_get_trainer, _recbole_load_internal_config_dict, _recbole_init_device
-    import recbole.config.configurator as configurator
-    import recbole.quick_start.quick_start as quick_start
-    import recbole.utils as utils
-    import recbole.utils.utils as utils_utils
-
-    from recbole_cllm4rec import metrics
-
-    if _recbole_get_model is not None:
-        return
-    _recbole_get_model = utils_utils.get_model
-    _recbole_get_trainer = utils_utils.get_trainer
-    _recbole_load_internal_config_dict = configurator.Config._load_internal_config_dict
-    _recbole_init_device = configurator.Config._init_device
-    for module in (utils, utils_utils, configurator, quick_start):
-        if hasattr(module, "get_model"):
-            module.get_model = get_model
-        if hasattr(module, "get_trainer"):
-            module.get_trainer = get_trainer
-    configurator.Config._load_internal_config_dict = _load_internal_config_dict
-    configurator.Config._init_device = _init_device
+def register() -> None:
+    """What ``import recbole_cllm4rec`` does to RecBole: make the ``PaperRecall`` metric known."""
     metrics.register()

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from recbole.trainer import Trainer
+from recbole.trainer.trainer import AbstractTrainer
 from recbole.utils import set_color
 from tqdm import tqdm
 
@@ -156,16 +157,23 @@ def reserve_run_file(path: str) -> str:
         k += 1
 
 
-class CLLM4RecTrainer(Trainer):
+class _WithoutDDP(AbstractTrainer):
+    """Data parallelism is CLLM4Rec's own, not RecBole's: RecBole's ``AbstractTrainer`` would wrap the
+    whole model (frozen backbone included) in DDP with CUDA device ids; here only the ID tables'
+    gradients are all-reduced. Placed after ``Trainer`` in the MRO, its constructor replaces
+    ``AbstractTrainer``'s for CLLM4Rec alone."""
+
     def __init__(self, config, model):
-        # Data parallelism is ours, not RecBole's: RecBole would wrap the whole model (frozen backbone
-        # included) in DDP with CUDA device ids; here only the ID tables' gradients are all-reduced.
+        self.config = config
+        self.model = model
+
+
+class CLLM4RecTrainer(Trainer, _WithoutDDP):
+    def __init__(self, config, model):
         distributed = not config["single_spec"]
         # RecBole's ensure_dir checks, then creates: ranks would race on it
         os.makedirs(config["checkpoint_dir"], exist_ok=True)
-        config["single_spec"] = True
         super().__init__(config, model)
-        config["single_spec"] = not distributed
         self.rank = dist.get_rank() if distributed else 0
         self.world = dist.get_world_size() if distributed else 1
         model.shard = (self.rank, self.world)
@@ -313,6 +321,26 @@ class CLLM4RecTrainer(Trainer):
                     parameter.grad = torch.zeros_like(parameter)
                 dist.all_reduce(parameter.grad)
 
+    def train_step(self, batch: torch.Tensor, step, optimizer) -> torch.Tensor | None:
+        """One optimizer step on ``batch`` (loss step from :meth:`stage_batches`); returns (loss, reg)
+        summed over ranks, or ``None`` (and no update) when they are not finite."""
+        optimizer.zero_grad()
+        if len(batch) > self.rank:  # a batch with fewer documents than ranks leaves some ranks idle
+            loss, reg = step(batch.to(self.device))
+            (loss + reg).backward()
+            losses = torch.stack([loss.detach(), reg.detach()]).double().cpu()
+        else:
+            losses = torch.zeros(2, dtype=torch.float64)
+        if self.world > 1:
+            self._all_reduce_gradients()
+            dist.all_reduce(losses)
+        if not torch.isfinite(losses).all():
+            return None
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), **self.clip_grad_norm)
+        optimizer.step()
+        return losses
+
     def _run_pass(self, stage: str, optimizer, epoch_idx: int, show_progress: bool, regularize: bool = True):
         """One epoch of ``stage`` (collaborative / content / recommendation); returns (loss, reg) means."""
         model = self.model
@@ -324,24 +352,12 @@ class CLLM4RecTrainer(Trainer):
             batches = tqdm(batches, total=len(batches), ncols=100, desc=set_color(f"{stage:>14} {epoch_idx:>3}", "pink"))
         totals = torch.zeros(2, dtype=torch.float64)
         for batch_idx, batch in enumerate(batches):
-            optimizer.zero_grad()
-            if len(batch) > self.rank:  # a batch with fewer documents than ranks leaves some ranks idle
-                loss, reg = step(batch.to(self.device))
-                (loss + reg).backward()
-                losses = torch.stack([loss.detach(), reg.detach()]).double().cpu()
-            else:
-                losses = torch.zeros(2, dtype=torch.float64)
-            if self.world > 1:
-                self._all_reduce_gradients()
-                dist.all_reduce(losses)
-            if not torch.isfinite(losses).all():
+            losses = self.train_step(batch, step, optimizer)
+            if losses is None:
                 raise ValueError(
-                    f"{stage} loss is not finite (loss {losses[0].item()}, mutual reg {losses[1].item()}) in epoch "
-                    f"{epoch_idx}, batch {batch_idx}: training stopped; the last completed epoch is in {self.resume_file}"
+                    f"{stage} loss is not finite in epoch {epoch_idx}, batch {batch_idx}: training stopped; "
+                    f"the last completed epoch is in {self.resume_file}"
                 )
-            if self.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), **self.clip_grad_norm)
-            optimizer.step()
             totals += losses
         loss, reg = (totals / max(len(batches), 1)).tolist()
         phase = "finetune" if self.finetuning else "pretrain"
@@ -350,6 +366,9 @@ class CLLM4RecTrainer(Trainer):
         return loss, reg
 
     def _log_pass(self, phase: str, stage: str, epoch_idx: int, start: float, losses: tuple[float, float]) -> None:
+        """A pretraining pass in the log and in TensorBoard (finetuning epochs go through RecBole's)."""
+        self.tensorboard.add_scalar(f"Pretrain/{stage} loss", losses[0], epoch_idx)
+        self.tensorboard.add_scalar(f"Pretrain/{stage} mutual reg", losses[1], epoch_idx)
         self.logger.info(
             set_color(f"{phase} epoch {epoch_idx} {stage}", "green")
             + f" [{set_color('time', 'blue')}: {time() - start:.2f}s, "

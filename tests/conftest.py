@@ -79,15 +79,13 @@ def tiny_config_dict(root, **overrides) -> dict:
 
 def make_model(root, **overrides):
     """Config, datasets and a CLLM4Rec model on the tiny dataset, as RecBole's quick start builds them."""
-    from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
     from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
-    from recbole_cllm4rec.quick_start import isolated_argv
+    from recbole_cllm4rec.registry import Config
 
-    with isolated_argv():
-        config = Config(model="CLLM4Rec", dataset="tiny", config_dict=tiny_config_dict(root, **overrides))
+    config = Config(model="CLLM4Rec", dataset="tiny", config_dict=tiny_config_dict(root, **overrides))
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)

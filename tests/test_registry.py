@@ -1,42 +1,90 @@
-"""CLLM4Rec resolves through RecBole's own lookups and config layering."""
+"""The plugin's lookups and config layering, and a RecBole left as it is."""
 import pytest
 from conftest import make_model, tiny_config_dict
 
-from recbole_cllm4rec.quick_start import isolated_argv, run_model
+from recbole_cllm4rec.quick_start import run_model
 
 
-def test_recbole_resolves_the_plugin_model_and_trainer():
-    import recbole.quick_start.quick_start as quick_start
-    from recbole.utils import ModelType, get_model, get_trainer
+def test_the_plugin_resolves_its_model_and_trainer_and_falls_back_to_recbole():
+    from recbole.utils import ModelType
 
     from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
+    from recbole_cllm4rec.registry import get_model, get_trainer
     from recbole_cllm4rec.trainer import CLLM4RecTrainer
 
     assert get_model("CLLM4Rec") is CLLM4Rec
-    assert quick_start.get_model("CLLM4Rec") is CLLM4Rec
     assert get_trainer(ModelType.GENERAL, "CLLM4Rec") is CLLM4RecTrainer
     assert get_model("BPR").__name__ == "BPR"
+    assert get_trainer(ModelType.GENERAL, "BPR").__name__ == "Trainer"
+
+
+def test_nothing_in_recbole_is_rebound_on_import():
+    import recbole.config.configurator as configurator
+    import recbole.quick_start.quick_start as quick_start
+    import recbole.utils as utils
+    import recbole.utils.utils as utils_utils
+
+    for module in (utils, utils_utils, configurator, quick_start):
+        assert module.get_model.__module__ == "recbole.utils.utils"
+    assert configurator.Config._init_device.__module__ == "recbole.config.configurator"
+    assert configurator.Config._load_internal_config_dict.__module__ == "recbole.config.configurator"
 
 
 def test_unknown_model_lists_the_known_names():
-    from recbole.utils import get_model
+    from recbole_cllm4rec.registry import get_model
 
     with pytest.raises(ValueError, match=r"Unknown model 'NoSuchModel'.*BPR.*CLLM4Rec"):
         get_model("NoSuchModel")
 
 
+BPR_RUN = """
+import json, sys
+from recbole_cllm4rec import compat
+compat.apply()  # RecBole 1.2.1 does not import under numpy 2 without the shims
+if sys.argv[2] == "plugin":
+    import recbole_cllm4rec  # noqa: F401
+from recbole.config import Config
+from recbole.quick_start import run_recbole
+settings = {"data_path": sys.argv[1], "epochs": 2, "state": "ERROR", "checkpoint_dir": sys.argv[1] + "/saved-" + sys.argv[2]}
+config = Config(model="BPR", dataset="tiny", config_dict=settings)
+result = run_recbole(model="BPR", dataset="tiny", config_dict=settings)
+ignored = {"checkpoint_dir"}
+print("RESULT", json.dumps({"config": {k: repr(v) for k, v in config.final_config_dict.items() if k not in ignored},
+                            "test": dict(result["test_result"]), "valid": dict(result["best_valid_result"])}))
+"""
+
+
+def test_recboles_own_bpr_run_is_unchanged_by_importing_the_plugin(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import write_tiny_dataset
+
+    write_tiny_dataset(tmp_path)
+    root = Path(__file__).resolve().parent.parent
+    runs = {}
+    for mode in ("shims", "plugin"):
+        out = subprocess.run([sys.executable, "-c", BPR_RUN, str(tmp_path), mode], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(root)})  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[mode] = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert runs["plugin"] == runs["shims"]
+    assert runs["shims"]["config"]["topk"] == "[10]"  # RecBole's protocol, not the plugin's
+
+
 def test_model_defaults_sit_under_user_config(tiny_data):
-    from recbole.config import Config
+    from recbole_cllm4rec.registry import Config
 
     config_file = tiny_data / "mine.yaml"
     config_file.write_text("lambda_c: 0.25\nmask_ratio: 0.5\n")
-    with isolated_argv():
-        config = Config(
-            model="CLLM4Rec",
-            dataset="tiny",
-            config_file_list=[str(config_file)],
-            config_dict={"data_path": str(tiny_data), "mask_ratio": 0.3},
-        )
+    config = Config(
+        model="CLLM4Rec",
+        dataset="tiny",
+        config_file_list=[str(config_file)],
+        config_dict={"data_path": str(tiny_data), "mask_ratio": 0.3},
+    )
     assert config["lambda_c"] == 0.25  # file beats properties/CLLM4Rec.yaml
     assert config["mask_ratio"] == 0.3  # config_dict beats the file
     assert config["pretrain_learning_rate"] == 0.001  # the plugin default
@@ -48,14 +96,13 @@ def test_the_paper_preset_is_one_config_file_over_the_defaults(tiny_data):
     from pathlib import Path
 
     import yaml
-    from recbole.config import Config
+
+    from recbole_cllm4rec.registry import Config
 
     properties = Path(__file__).resolve().parent.parent / "properties"
     preset = properties / "presets" / "CLLM4Rec-paper.yaml"
     defaults = yaml.safe_load((properties / "CLLM4Rec.yaml").read_text())
-    with isolated_argv():
-        config = Config(model="CLLM4Rec", dataset="tiny", config_file_list=[str(preset)],
-                        config_dict={"data_path": str(tiny_data)})  # fmt: skip
+    config = Config(model="CLLM4Rec", dataset="tiny", config_file_list=[str(preset)], config_dict={"data_path": str(tiny_data)})
     paper = yaml.safe_load(preset.read_text())
     assert {k: config[k] for k in paper} == paper
     assert config["readout"] == "last" and config["llm_layers"] is None and config["epochs"] == 150
@@ -65,7 +112,7 @@ def test_the_paper_preset_is_one_config_file_over_the_defaults(tiny_data):
 
 def test_load_data_and_model_restores_a_cllm4rec_checkpoint(tiny_data):
     import torch
-    from recbole.quick_start import load_data_and_model
+    from recbole_cllm4rec.quick_start import load_data_and_model
 
     result = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data))
     checkpoint = torch.load(result["checkpoint"], weights_only=False)
@@ -86,7 +133,7 @@ def test_load_data_and_model_restores_a_cllm4rec_checkpoint(tiny_data):
 
 
 def test_load_data_and_model_restores_a_baseline_checkpoint(tiny_data):
-    from recbole.quick_start import load_data_and_model
+    from recbole_cllm4rec.quick_start import load_data_and_model
 
     result = run_model("BPR", "tiny", config_dict=tiny_config_dict(tiny_data, epochs=2))
     config, model, *_ = load_data_and_model(result["checkpoint"])

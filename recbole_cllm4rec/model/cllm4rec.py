@@ -754,5 +754,7 @@ class CLLM4Rec(GeneralRecommender):
         self.head_calibrated.fill_(True)
 
     def predict(self, interaction) -> torch.Tensor:
-        scores = self.full_sort_predict(interaction)
-        return scores.gather(1, interaction[self.ITEM_ID][:, None]).squeeze(1)
+        """Scores of (user, item) rows (sampled evaluation: ``uni100``...): one prompt per distinct user."""
+        users, row_user = interaction[self.USER_ID].unique(return_inverse=True)
+        scores = self.full_sort_predict({self.USER_ID: users})
+        return scores[row_user, interaction[self.ITEM_ID]]

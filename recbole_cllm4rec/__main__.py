@@ -1,0 +1,5 @@
+"""``python -m recbole_cllm4rec``: ``run_recbole.py`` for an installed package (same flags)."""
+import recbole_cllm4rec  # noqa: F401  (shims + PaperRecall)
+from recbole_cllm4rec.cli import main
+
+main()
