@@ -184,6 +184,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         self.content_warmup_epochs = config["content_warmup_epochs"]
         self.pretrain_learning_rate = config["pretrain_learning_rate"]
         self.finetune_content = config["finetune_content"]
+        self.learning_rate_decay = config["learning_rate_decay"]
         # users with at least one training item: the collaborative and recommendation documents
         self.train_users = torch.nonzero(model.history_len > 0).squeeze(1).cpu()
         self.split_fingerprint: str | None = None  # set by the runner: stored in checkpoints, checked on resume
@@ -450,7 +451,12 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         return result
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        """One finetuning epoch: recommendation loss, then (optionally) the regularized content LM."""
+        """One finetuning epoch: recommendation loss, then (optionally) the regularized content LM.
+
+        Every parameter group's learning rate is its starting one times ``learning_rate_decay`` per
+        epoch done (a function of the epoch alone, so a resumed run follows the same schedule)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * self.learning_rate_decay**epoch_idx
         rec_loss, rec_reg = self._run_pass("recommendation", self.optimizer, epoch_idx, show_progress)
         if not (self.finetune_content and len(self.model.content_docs)):
             return rec_loss + rec_reg

@@ -1,7 +1,7 @@
 """Readout, loss weighting, regularization scope and checkpoint contents, against hand-computed values."""
 import pytest
 import torch
-from conftest import make_model
+from conftest import make_model, tiny_config_dict
 
 import recbole_cllm4rec.model.cllm4rec as cllm4rec_module
 
@@ -247,3 +247,22 @@ def test_a_lora_run_tests_the_adapters_it_trained(tiny_data):
     state = load_checkpoint(result["checkpoint"], "cpu")["state_dict"]
     lora = {k: v for k, v in state.items() if "lora_B" in k}
     assert lora and any(v.abs().sum() > 0 for v in lora.values())  # trained, and saved with the best model
+
+
+def test_learning_rate_decay_scales_every_group_per_finetuning_epoch(tiny_data, monkeypatch):
+    from recbole_cllm4rec.quick_start import run_model
+    from recbole_cllm4rec.trainer import CLLM4RecTrainer
+
+    seen = []
+    real = CLLM4RecTrainer._run_pass
+
+    def record(self, stage, optimizer, epoch_idx, *args, **kwargs):
+        if stage == "recommendation":
+            seen.append([group["lr"] for group in optimizer.param_groups])
+        return real(self, stage, optimizer, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(CLLM4RecTrainer, "_run_pass", record)
+    config = tiny_config_dict(tiny_data, epochs=3, stopping_step=10, learning_rate=0.004, learning_rate_decay=0.5,
+                              lora_rank=2, lora_learning_rate=0.002, content_warmup_epochs=0)  # fmt: skip
+    run_model("CLLM4Rec", "tiny", config_dict=config)
+    assert seen == [[0.004, 0.002], [0.002, 0.001], [0.001, 0.0005]]

@@ -203,6 +203,7 @@ class CLLM4Rec(GeneralRecommender):
         "mutual_reg_reduction": Rule(str, choices=("sum", "mean")),
         "item_reorder": Rule(bool),
         "mask_ratio": Rule(float, low=0, below=1),
+        "learning_rate_decay": Rule(float, low=0, high=1),
         "visible_target_weight": Rule(float, low=0, high=1),
         "readout": Rule(str, choices=READOUTS),
         "item_bias": Rule(bool),
