@@ -266,3 +266,20 @@ def test_learning_rate_decay_scales_every_group_per_finetuning_epoch(tiny_data, 
                               lora_rank=2, lora_learning_rate=0.002, content_warmup_epochs=0)  # fmt: skip
     run_model("CLLM4Rec", "tiny", config_dict=config)
     assert seen == [[0.004, 0.002], [0.002, 0.001], [0.001, 0.0005]]
+
+
+def test_untied_head_starts_at_the_input_table_and_trains_on_its_own(tiny_data):
+    _, model, _ = make_model(tiny_data, item_head="untied")
+    assert torch.equal(model.output_item_emb.weight, model.collaborative_item_emb.weight)
+    assert any(p is model.output_item_emb.weight for p in model.trainable_parameters())
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+    loss, reg = model.recommendation_loss(torch.arange(1, 9))
+    (loss + reg).backward()
+    optimizer.step()
+    assert not torch.equal(model.output_item_emb.weight, model.collaborative_item_emb.weight)
+    assert "output_item_emb.weight" in model.state_dict()
+    users = torch.arange(1, 4)
+    with torch.no_grad():
+        states = torch.cat([s for _, s in model.user_states(users)])
+        features, weight = model.item_head_inputs(states)
+    assert torch.equal(weight[:, : model.output_item_emb.weight.shape[1]], model.output_item_emb.weight)

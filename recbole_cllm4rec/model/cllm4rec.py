@@ -207,7 +207,7 @@ class CLLM4Rec(GeneralRecommender):
         "visible_target_weight": Rule(float, low=0, high=1),
         "readout": Rule(str, choices=READOUTS),
         "item_bias": Rule(bool),
-        "item_head": Rule(str, choices=("tied", "standardized")),
+        "item_head": Rule(str, choices=("tied", "standardized", "untied")),
         "head_calibration_users": Rule(int, low=1),
         "finetune_content": Rule(bool),
         "train_batch_tokens": Rule(int, low=1),
@@ -252,6 +252,7 @@ class CLLM4Rec(GeneralRecommender):
         self.item_reorder = config["item_reorder"]
         self.item_chunk_size = config["item_chunk_size"]
         self.standardized_head = config["item_head"] == "standardized"
+        self.untied_head = config["item_head"] == "untied"
         # (rank, world size) under data parallelism: every rank builds the documents of the whole
         # batch (so random reordering and masking match one process) and runs its own rows; losses
         # are divided by the whole batch's target count, so gradients summed over ranks are exactly
@@ -346,6 +347,11 @@ class CLLM4Rec(GeneralRecommender):
                 counts = torch.bincount(history[history > 0], minlength=self.n_items).float()
                 log_pop = (counts + 1).log()
                 self.item_bias.weight[:, 0] = log_pop - log_pop[1:].mean()
+        if config["item_head"] == "untied":
+            # its own output table, starting where the input table starts (the head stays a dot
+            # product, but item-to-item scores need no longer be symmetric)
+            self.output_item_emb = nn.Embedding(self.n_items, dim)
+            self.output_item_emb.weight.data.copy_(self.collaborative_item_emb.weight.data)
         # Every user weighs the same in the finetuning loss, whichever batch the packer puts them in:
         # the loss is divided by a constant, the expected number of users per batch.
         train_users = torch.nonzero(self.history_len > 0).squeeze(1)
@@ -426,6 +432,8 @@ class CLLM4Rec(GeneralRecommender):
         """The only parameters that train: the weights of the four ID tables (and the item bias, the
         attention readout's query, the backbone's LoRA adapters where configured)."""
         extra = [self.item_bias.weight] if self.has_item_bias else []
+        if self.untied_head:
+            extra.append(self.output_item_emb.weight)
         if self.readout == "attention":
             extra.append(self.readout_query)
         return [table.weight for table in self.id_tables()] + extra + self.adapter_parameters()
@@ -567,8 +575,9 @@ class CLLM4Rec(GeneralRecommender):
         mostly one shared term and the part that tells users apart is small: each hidden dimension is
         standardized with statistics measured when finetuning starts, and an item bias takes over the
         shared (popularity) term. Still tied to the item embeddings; the bias is the constant feature.
+        ``untied``: the tied head with its own output item table (``output_item_emb``).
         """
-        weight = self.collaborative_item_emb.weight
+        weight = self.output_item_emb.weight if self.untied_head else self.collaborative_item_emb.weight
         features = (hidden - self.hidden_mean) / self.hidden_std if self.standardized_head else hidden
         if not self.has_item_bias:
             return features, weight
