@@ -114,45 +114,36 @@ def unknown_key_warnings(config, properties_dir: str | Path, model_keys=()) -> l
 
 
 # ---------------------------------------------------------------------- atomic files
-def _rows(path: Path, separator: str):
-    """(line number, field count) of every non-blank line after the header."""
+def check_atomic_file(path: Path, separator: str = "\t", key_fields: tuple[str, ...] = ()) -> list[tuple[bytes, ...]]:
+    """Refuse a file whose rows do not match its header's field count, in one pass over its bytes.
+
+    Returns one tuple per non-blank row: the raw values of ``key_fields`` (empty if the header lacks
+    one of them), for counting duplicates without reading the file again.
+    """
     sep = separator.encode()
     with open(path, "rb") as f:
-        next(f, None)
+        header = f.readline().rstrip(b"\r\n")
+        if not header.strip():
+            raise ValueError(f"{path} is empty: an atomic file starts with a header line of field:type columns")
+        names = [column.split(b":")[0].decode("utf-8", "replace") for column in header.split(sep)]
+        columns = [names.index(k) for k in key_fields] if all(k in names for k in key_fields) else []
+        bad, keys = [], []
         for line_no, line in enumerate(f, 2):
             line = line.rstrip(b"\r\n")
-            if line.strip():
-                yield line_no, line.count(sep) + 1
-
-
-def check_atomic_file(path: Path, separator: str = "\t") -> int:
-    """Refuse a file whose rows do not match its header's field count; returns the number of rows."""
-    with open(path, "rb") as f:
-        header = f.readline().rstrip(b"\r\n")
-    if not header.strip():
-        raise ValueError(f"{path} is empty: an atomic file starts with a header line of field:type columns")
-    width = header.count(separator.encode()) + 1
-    bad, rows = [], 0
-    for line_no, count in _rows(path, separator):
-        rows += 1
-        if count != width:
-            bad.append(f"line {line_no} has {count}")
+            if not line.strip():
+                continue
+            values = line.split(sep)
+            if len(values) != len(names):
+                bad.append(f"line {line_no} has {len(values)}")
+            else:
+                keys.append(tuple(values[c] for c in columns))
     if bad:
         raise ValueError(
-            f"{path}: {len(bad)} row(s) do not have the header's {width} fields ({'; '.join(bad[:3])}"
+            f"{path}: {len(bad)} row(s) do not have the header's {len(names)} fields ({'; '.join(bad[:3])}"
             f"{'; ...' if len(bad) > 3 else ''}): a raw tab or newline inside a text field? "
             r"Write them as \t and \n (CLLM4Rec turns them back)."
         )
-    return rows
-
-
-def _pairs(path: Path, user_field: str, item_field: str, separator: str) -> list[tuple[str, str]]:
-    with open(path, encoding="utf-8") as f:
-        names = [c.split(":")[0] for c in f.readline().rstrip("\r\n").split(separator)]
-        if user_field not in names or item_field not in names:
-            return []
-        u, i = names.index(user_field), names.index(item_field)
-        return [(row[u], row[i]) for row in (line.rstrip("\r\n").split(separator) for line in f) if len(row) == len(names)]
+    return keys
 
 
 def check_dataset_files(config) -> None:
@@ -167,17 +158,19 @@ def check_dataset_files(config) -> None:
     separator = config["field_separator"] or "\t"
     benchmark = config["benchmark_filename"]
     inter_files = [folder / f"{name}.{part}.inter" for part in benchmark] if benchmark else [folder / f"{name}.inter"]
+    pairs = []
     for path in inter_files:
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (dataset {name!r} under data_path {folder.parent})")
-        if check_atomic_file(path, separator) == 0:
+        rows = check_atomic_file(path, separator, (config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]))
+        if not rows:
             raise ValueError(f"{path} has a header but no interactions")
+        pairs += [row for row in rows if row]
     for suffix in ("item", "user", "review"):
         path = folder / f"{name}.{suffix}"
         if path.is_file():
             check_atomic_file(path, separator)
 
-    pairs = [p for path in inter_files for p in _pairs(path, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], separator)]
     duplicates = len(pairs) - len(set(pairs))
     if benchmark:
         if duplicates:

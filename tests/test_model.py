@@ -291,8 +291,10 @@ def test_llm_dtype_choice():
     assert CLLM4Rec._autocast_dtype("auto", "cuda") is torch.bfloat16
     assert CLLM4Rec._autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_native_bf16() else None)
     assert CLLM4Rec._autocast_dtype("float32", "cuda") is None
-    with pytest.raises(ValueError, match="llm_dtype must be one of"):
-        CLLM4Rec._autocast_dtype("fp8", "cpu")
+    from recbole_cllm4rec.validation import check_config_values
+
+    with pytest.raises(ValueError, match="llm_dtype='fp8' must be one of auto, float32, bfloat16, float16"):
+        check_config_values({"llm_dtype": "fp8"}, {"llm_dtype": CLLM4Rec.CONFIG_RULES["llm_dtype"]})
 
 
 def test_bf16_autocast_gives_nearly_the_fp32_losses(tiny_data):

@@ -369,10 +369,7 @@ class CLLM4Rec(GeneralRecommender):
         if llm_dtype == "auto":
             native = torch.device(device).type == "cuda" or cpu_has_native_bf16()
             return torch.bfloat16 if native else None
-        dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        if llm_dtype not in dtypes:
-            raise ValueError(f"llm_dtype must be one of auto, {', '.join(dtypes)}; got {llm_dtype!r}")
-        return dtypes[llm_dtype]
+        return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[llm_dtype]  # checked by CONFIG_RULES
 
     @torch.no_grad()
     def init_items_from_text(self, texts: list[str], init_std: float) -> None:
