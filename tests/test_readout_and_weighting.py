@@ -153,6 +153,48 @@ def test_svd_init_factorizes_the_normalized_training_matrix(tiny_data):
     assert torch.equal(model.content_user_emb.weight, model.collaborative_user_emb.weight)
 
 
+def test_ridge_init_makes_item_products_the_ridge_item_item_model(tiny_data):
+    lam = 3.0
+    config, model, _ = make_model(tiny_data, item_init="ridge", init_ridge=lam)
+    users, items = model.collaborative_user_emb.weight[1:], model.collaborative_item_emb.weight[1:]
+    matrix = torch.zeros(model.n_users, model.n_items)
+    for u in range(1, model.n_users):
+        matrix[u, model.history_items[u, : model.history_len[u]]] = 1.0
+    matrix = matrix[1:, 1:]
+    gram = matrix.T @ matrix
+    ridge = torch.linalg.solve(gram + lam * torch.eye(len(gram)), gram)  # (R^T R + lambda I)^-1 R^T R
+    # up to one global scale each (rank >= the matrix's rank here)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos((items @ items.T).detach().flatten(), ridge.flatten(), dim=0).item() > 0.99
+    assert cos((users @ items.T).detach().flatten(), (matrix @ ridge).flatten(), dim=0).item() > 0.99
+    assert items.std().item() == pytest.approx(config["init_std"], rel=0.2)
+    assert torch.equal(model.content_item_emb.weight, model.collaborative_item_emb.weight)
+
+
+def test_readout_skip_adds_the_mean_item_embedding_scaled_by_the_init_std(tiny_data):
+    config, model, _ = make_model(tiny_data, readout="items", readout_skip=2.0)
+    users = torch.tensor([1, 4, 9])
+    ids, length, hidden = prompt_states(model, users)
+    pooled = model.readout_states(hidden, ids, length)
+    got = model.prompt_states(ids, length)
+    item_offset = model.vocab_size + model.n_users
+    for row in range(3):
+        history = ids[row, : int(length[row])]
+        mean_item = model.collaborative_item_emb.weight[history[history >= item_offset] - item_offset].mean(0)
+        expected = pooled[row] + 2.0 / config["init_std"] * mean_item
+        torch.testing.assert_close(got[row], expected, rtol=1e-4, atol=1e-5)
+    # a prompt without item tokens (a one-item user's masked prompt) gets no skip term
+    no_items = ids[:1, :3]
+    torch.testing.assert_close(model.prompt_states(no_items, torch.tensor([3])),
+                               model.readout_states(model.hidden_states(no_items, torch.tensor([3]), "collaborative"),
+                                                    no_items, torch.tensor([3])))  # fmt: skip
+    scores = model.full_sort_predict({model.USER_ID: users})
+    features, head = model.item_head_inputs(got)
+    torch.testing.assert_close(scores[:, 1:], (features @ head.T)[:, 1:], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="readout_skip needs a pooling readout"):
+        make_model(tiny_data, readout="last", readout_skip=1.0)
+
+
 def test_backbone_parameters_that_train_are_saved_and_frozen_ones_are_not(tiny_data):
     _, model, _ = make_model(tiny_data)
     norm = model.backbone.base_model.norm.weight
