@@ -47,6 +47,7 @@ SWEEPS: dict[str, list[dict]] = {
 CAPS: dict[str, dict] = {"RecVAE": {"epochs": 50}, "LightGCN": {"epochs": 100}}
 # The paper's configuration (properties/presets/CLLM4Rec-paper.yaml): its schedule keys are the
 # `gpu` recipe, the rest is the CLLM4Rec-paper variant.
+DEFAULTS = Path(__file__).resolve().parent.parent / "properties" / "CLLM4Rec.yaml"
 PAPER_PRESET = yaml.safe_load((Path(__file__).resolve().parent.parent / "properties" / "presets" / "CLLM4Rec-paper.yaml").read_text())
 SCHEDULE = ("content_warmup_epochs", "pretrain_epochs", "pretrain_learning_rate", "epochs", "learning_rate",
             "finetune_content", "stopping_step")
@@ -152,7 +153,10 @@ def kept_rows(args, header: list[str]) -> list[tuple[str, list[str]]]:
 
 def run_once(model: str, dataset: str, config: dict, work: Path) -> dict:
     """One (model, configuration); loaded from ``work`` if it finished before."""
-    settings = json.dumps({k: v for k, v in config.items() if k != "data_path"}, sort_keys=True, default=str)
+    settings = {k: v for k, v in config.items() if k != "data_path"}
+    if model.startswith("CLLM4Rec"):  # a changed yaml default is a new configuration
+        settings["defaults"] = hashlib.sha1(DEFAULTS.read_bytes()).hexdigest()
+    settings = json.dumps(settings, sort_keys=True, default=str)
     key = f"{model}-{hashlib.sha1(settings.encode()).hexdigest()[:10]}"
     path = work / f"{key}.json"
     if path.is_file():
