@@ -197,12 +197,13 @@ def test_items_beyond_max_seq_len_are_hidden_targets_and_scoring_shows_the_most_
 
 
 @pytest.mark.parametrize(
-    "head, readout, bias, visible_weight",
-    [("tied", "last", False, 1.0), ("standardized", "last", False, 1.0), ("tied", "items", True, 0.3)],
+    "head, readout, skip, bias, visible_weight",
+    [("tied", "last", 0.0, False, 1.0), ("standardized", "last", 0.0, False, 1.0), ("tied", "items", 0.0, True, 0.3),
+     ("tied", "items", 3.0, True, 1.0)],
 )
-def test_recommendation_loss_is_multinomial(tiny_data, head, readout, bias, visible_weight):
-    _, model, _ = make_model(
-        tiny_data, item_head=head, readout=readout, item_bias=bias, visible_target_weight=visible_weight
+def test_recommendation_loss_is_multinomial(tiny_data, head, readout, skip, bias, visible_weight):
+    config, model, _ = make_model(
+        tiny_data, item_head=head, readout=readout, readout_skip=skip, item_bias=bias, visible_target_weight=visible_weight
     )
     if model.has_item_bias:
         if head == "standardized":
@@ -223,6 +224,9 @@ def test_recommendation_loss_is_multinomial(tiny_data, head, readout, bias, visi
             h = hidden[row, n - 1]
         else:  # the visible item tokens' states and the last token's, averaged
             h = hidden[row, [p for p in range(n) if ids[row, p] >= item_offset or p == n - 1]].mean(0)
+            shown = [t - item_offset for t in ids[row, :n].tolist() if t >= item_offset]
+            if skip and shown:  # plus the skip: the mean embedding of the shown items / init_std
+                h = h + skip / config["init_std"] * model.collaborative_item_emb.weight[shown].mean(0)
         if head == "standardized":
             h = (h - model.hidden_mean) / model.hidden_std
         logits = h @ model.collaborative_item_emb.weight.T
@@ -362,7 +366,7 @@ def test_llm_dropout_is_on_while_training_only(tiny_data):
 
 
 def test_calibration_standardizes_the_last_hidden_states(tiny_data):
-    _, model, _ = make_model(tiny_data, item_head="standardized", readout="last")
+    _, model, _ = make_model(tiny_data, item_head="standardized", readout="last", readout_skip=0.0)
     calibration = torch.arange(1, 21)
     model.calibrate_item_head(calibration)
     assert bool(model.head_calibrated)

@@ -13,7 +13,7 @@ def prompt_states(model, users):
 
 @pytest.mark.parametrize("readout", ["last", "mean", "items", "attention"])
 def test_readout_pools_the_right_positions(tiny_data, readout):
-    _, model, _ = make_model(tiny_data, readout=readout)
+    _, model, _ = make_model(tiny_data, readout=readout, readout_skip=0.0)
     if readout == "attention":
         with torch.no_grad():
             model.readout_query.normal_()
@@ -39,7 +39,7 @@ def test_readout_pools_the_right_positions(tiny_data, readout):
 
 
 def test_attention_readout_starts_as_mean_pooling_and_trains(tiny_data):
-    _, model, _ = make_model(tiny_data, readout="attention")
+    _, model, _ = make_model(tiny_data, readout="attention", readout_skip=0.0)
     users = torch.tensor([2, 3])
     ids, length, hidden = prompt_states(model, users)
     model.readout = "mean"
@@ -241,8 +241,8 @@ def test_item_bias_starts_at_centred_log_popularity_and_adds_to_every_logit(tiny
     model.eval()
     with torch.no_grad():
         scores = model.full_sort_predict({model.USER_ID: users})
-        ids, length, hidden = prompt_states(model, users)
-        states = model.readout_states(hidden, ids, length)
+        ids, length, _ = prompt_states(model, users)
+        states = model.prompt_states(ids, length)
     plain = states @ model.collaborative_item_emb.weight.T + model.item_bias.weight[:, 0]
     torch.testing.assert_close(scores[:, 1:], plain[:, 1:], rtol=1e-5, atol=1e-5)
     assert any(p is model.item_bias.weight for p in model.trainable_parameters())

@@ -253,7 +253,9 @@ class CLLM4Rec(GeneralRecommender):
         self.readout = config["readout"]
         self.readout_skip = float(config["readout_skip"] or 0.0)
         if self.readout_skip and self.readout not in ("mean", "items"):
-            raise ValueError(f"readout_skip needs a pooling readout (mean, items), not readout={self.readout!r}")
+            raise ValueError(
+                f"readout_skip needs a pooling readout (mean, items), not readout={self.readout!r}: set readout_skip=0"
+            )
         self.item_reorder = config["item_reorder"]
         self.item_chunk_size = config["item_chunk_size"]
         self.standardized_head = config["item_head"] == "standardized"
