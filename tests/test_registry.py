@@ -87,7 +87,7 @@ def test_model_defaults_sit_under_user_config(tiny_data):
     )
     assert config["lambda_c"] == 0.25  # file beats properties/CLLM4Rec.yaml
     assert config["mask_ratio"] == 0.3  # config_dict beats the file
-    assert config["pretrain_learning_rate"] == 0.001  # the plugin default
+    assert config["pretrain_learning_rate"] == 0.0003  # the plugin default (properties/CLLM4Rec.yaml)
     assert config["eval_args"]["split"] == {"RS": [0.8, 0.1, 0.1]}  # properties/overall.yaml
     assert config["topk"] == [10, 20, 40, 100]
 
