@@ -47,8 +47,9 @@ SWEEPS: dict[str, list[dict]] = {
 CAPS: dict[str, dict] = {"RecVAE": {"epochs": 50}, "LightGCN": {"epochs": 100}}
 # The paper's configuration (properties/presets/CLLM4Rec-paper.yaml): its schedule keys are the
 # `gpu` recipe, the rest is the CLLM4Rec-paper variant.
-DEFAULTS = Path(__file__).resolve().parent.parent / "properties" / "CLLM4Rec.yaml"
-PAPER_PRESET = yaml.safe_load((Path(__file__).resolve().parent.parent / "properties" / "presets" / "CLLM4Rec-paper.yaml").read_text())
+PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
+DEFAULTS = PROPERTIES / "CLLM4Rec.yaml"
+PAPER_PRESET = yaml.safe_load((PROPERTIES / "presets" / "CLLM4Rec-paper.yaml").read_text())
 SCHEDULE = ("content_warmup_epochs", "pretrain_epochs", "pretrain_learning_rate", "epochs", "learning_rate",
             "finetune_content", "stopping_step")
 RECIPES: dict[str, dict] = {

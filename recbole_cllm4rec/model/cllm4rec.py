@@ -522,8 +522,11 @@ class CLLM4Rec(GeneralRecommender):
         users = user_emb((ids - v).clamp(0, u - 1))
         items = item_emb((ids - v - u).clamp(0, self.n_items - 1))
         is_user = ((ids >= v) & (ids < v + u)).unsqueeze(-1)
-        is_item = (ids >= v + u).unsqueeze(-1)
-        return torch.where(is_user, users, torch.where(is_item, items, words))
+        return torch.where(is_user, users, torch.where(self.item_tokens(ids).unsqueeze(-1), items, words))
+
+    def item_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Which positions of an extended-vocabulary id tensor hold item ID tokens."""
+        return ids >= self.vocab_size + self.n_users
 
     def autocast(self):
         """The backbone's precision context (``llm_dtype``); a no-op for fp32."""
@@ -562,7 +565,7 @@ class CLLM4Rec(GeneralRecommender):
         if not self.readout_skip:
             return states
         # the skip pools the item tokens only: a word's embedding is the same in every prompt
-        items = ids >= self.collaborative_prompt.item_offset
+        items = self.item_tokens(ids)
         pooled = (items[:, :, None] * embeds.float()).sum(1) / items.sum(1, keepdim=True).clamp(min=1)
         return states + self.readout_skip / self.init_std * pooled
 
@@ -605,7 +608,7 @@ class CLLM4Rec(GeneralRecommender):
             weights = scores.masked_fill(~inside, float("-inf")).softmax(dim=1)
             return (weights[:, :, None] * hidden).sum(dim=1)
         if self.readout == "items":
-            inside = inside & ((ids >= self.collaborative_prompt.item_offset) | (positions == length[:, None] - 1))
+            inside = inside & (self.item_tokens(ids) | (positions == length[:, None] - 1))
         weights = inside.float() / inside.sum(dim=1, keepdim=True)
         return (weights[:, :, None] * hidden).sum(dim=1)
 
