@@ -171,8 +171,9 @@ def test_ridge_init_makes_item_products_the_ridge_item_item_model(tiny_data):
     assert torch.equal(model.content_item_emb.weight, model.collaborative_item_emb.weight)
 
 
-def test_readout_skip_adds_the_mean_item_embedding_scaled_by_the_init_std(tiny_data):
-    config, model, _ = make_model(tiny_data, readout="items", readout_skip=2.0)
+@pytest.mark.parametrize("state_weight", [1.0, 0.25])
+def test_readout_skip_adds_the_mean_item_embedding_scaled_by_the_init_std(tiny_data, state_weight):
+    config, model, _ = make_model(tiny_data, readout="items", readout_skip=2.0, readout_state_weight=state_weight)
     users = torch.tensor([1, 4, 9])
     ids, length, hidden = prompt_states(model, users)
     pooled = model.readout_states(hidden, ids, length)
@@ -181,18 +182,20 @@ def test_readout_skip_adds_the_mean_item_embedding_scaled_by_the_init_std(tiny_d
     for row in range(3):
         history = ids[row, : int(length[row])]
         mean_item = model.collaborative_item_emb.weight[history[history >= item_offset] - item_offset].mean(0)
-        expected = pooled[row] + 2.0 / config["init_std"] * mean_item
+        expected = state_weight * pooled[row] + 2.0 / config["init_std"] * mean_item
         torch.testing.assert_close(got[row], expected, rtol=1e-4, atol=1e-5)
     # a prompt without item tokens (a one-item user's masked prompt) gets no skip term
     no_items = ids[:1, :3]
     torch.testing.assert_close(model.prompt_states(no_items, torch.tensor([3])),
-                               model.readout_states(model.hidden_states(no_items, torch.tensor([3]), "collaborative"),
+                               state_weight * model.readout_states(model.hidden_states(no_items, torch.tensor([3]), "collaborative"),
                                                     no_items, torch.tensor([3])))  # fmt: skip
     scores = model.full_sort_predict({model.USER_ID: users})
     features, head = model.item_head_inputs(got)
     torch.testing.assert_close(scores[:, 1:], (features @ head.T)[:, 1:], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="readout_skip needs a pooling readout"):
         make_model(tiny_data, readout="last", readout_skip=1.0)
+    with pytest.raises(ValueError, match="readout_state_weight .* needs readout_skip"):
+        make_model(tiny_data, readout="items", readout_skip=0.0, readout_state_weight=0.5)
 
 
 def test_backbone_parameters_that_train_are_saved_and_frozen_ones_are_not(tiny_data):

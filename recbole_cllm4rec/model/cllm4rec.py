@@ -208,6 +208,7 @@ class CLLM4Rec(GeneralRecommender):
         "visible_target_weight": Rule(float, low=0, high=1),
         "readout": Rule(str, choices=READOUTS),
         "readout_skip": Rule(float, low=0, optional=True),
+        "readout_state_weight": Rule(float, low=0),
         "item_bias": Rule(bool),
         "item_head": Rule(str, choices=("tied", "standardized", "untied")),
         "head_calibration_users": Rule(int, low=1),
@@ -256,6 +257,9 @@ class CLLM4Rec(GeneralRecommender):
             raise ValueError(
                 f"readout_skip needs a pooling readout (mean, items), not readout={self.readout!r}: set readout_skip=0"
             )
+        self.readout_state_weight = float(config["readout_state_weight"])
+        if self.readout_state_weight != 1.0 and not self.readout_skip:
+            raise ValueError("readout_state_weight weighs the states against the skip: it needs readout_skip > 0")
         self.item_reorder = config["item_reorder"]
         self.item_chunk_size = config["item_chunk_size"]
         self.standardized_head = config["item_head"] == "standardized"
@@ -551,7 +555,7 @@ class CLLM4Rec(GeneralRecommender):
     def prompt_states(self, ids: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """What the item head reads from recommendation prompts: the pooled last-layer states
         (``readout``) plus, with ``readout_skip`` w, ``w / init_std`` times the mean input embedding of
-        the prompt's item tokens.
+        the prompt's item tokens; the states then weigh ``readout_state_weight``.
 
         Why the skip: the frozen layers normalize every input, so an ID embedding enters attention
         and the MLPs at the scale of a word and their response swamps it in the residual stream. Even
@@ -567,7 +571,7 @@ class CLLM4Rec(GeneralRecommender):
         # the skip pools the item tokens only: a word's embedding is the same in every prompt
         items = self.item_tokens(ids)
         pooled = (items[:, :, None] * embeds.float()).sum(1) / items.sum(1, keepdim=True).clamp(min=1)
-        return states + self.readout_skip / self.init_std * pooled
+        return self.readout_state_weight * states + self.readout_skip / self.init_std * pooled
 
     def mutual_regularization(self, ids: torch.Tensor, side: str, batch_ids: torch.Tensor) -> torch.Tensor:
         """``lambda_c * sum ||e_side - stopgrad(e_other)||^2`` over the ID tokens (with repeats) in ``ids``.
