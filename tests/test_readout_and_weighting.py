@@ -68,22 +68,35 @@ def test_every_user_weighs_the_same_whatever_batch_they_are_packed_in(tiny_data,
     assert model.users_per_batch == pytest.approx(256 / mean_length)
 
 
-def test_regularization_skips_rows_the_other_side_never_trains(tiny_data):
-    # no user text: the content user table never trains, so user tokens are not pulled toward it
-    _, model, _ = make_model(tiny_data, user_text_template=None, lambda_c=0.5, item_reorder=False)
-    assert not model.content_trained[: model.n_users].any()
+@pytest.mark.parametrize("item_init", ["random", "svd"])
+def test_regularization_skips_rows_the_other_side_never_trains(tiny_data, item_init):
+    # no user text: the content user table never trains. From a random init its rows are noise, and
+    # user tokens are not pulled toward them; from the SVD they are the SVD's rows, an anchor.
+    _, model, _ = make_model(tiny_data, user_text_template=None, lambda_c=0.5, mutual_reg_reduction="sum",
+                             item_reorder=False, item_init=item_init)
+    anchored = item_init == "svd"
+    assert model.content_trained[: model.n_users].all() == anchored
     assert model.content_trained[model.n_users + 1 :].all()
+    with torch.no_grad():  # the two sides apart, as after some training
+        model.content_user_emb.weight.add_(0.01)
+        model.content_item_emb.weight.add_(0.01)
     users = torch.tensor([2, 5])
     _, reg = model.collaborative_lm_loss(users)
+    diff = lambda a, b, r: ((a.weight[r] - b.weight[r]) ** 2).sum().item()  # noqa: E731
     expected = 0.0
     for u in users.tolist():
+        if anchored:
+            expected += diff(model.collaborative_user_emb, model.content_user_emb, u)
         for i in model.history_items[u, : model.history_len[u]].tolist():
-            expected += ((model.collaborative_item_emb.weight[i] - model.content_item_emb.weight[i]) ** 2).sum().item()
+            expected += diff(model.collaborative_item_emb, model.content_item_emb, i)
     assert reg.item() == pytest.approx(0.5 * expected, rel=1e-5)
 
 
 def test_finetuning_regularization_covers_the_hidden_targets(tiny_data):
-    _, model, _ = make_model(tiny_data, lambda_c=0.5, mask_ratio=0.5)
+    _, model, _ = make_model(tiny_data, lambda_c=0.5, mask_ratio=0.5, mutual_reg_reduction="sum")
+    with torch.no_grad():  # the two sides apart, as after some training
+        model.content_user_emb.weight.add_(0.01)
+        model.content_item_emb.weight.mul_(1.5)
     users = torch.tensor([1, 6])
     torch.manual_seed(3)
     ids, _, target, not_shown = model.recommendation_documents(users, mask=True)
@@ -194,8 +207,6 @@ def test_readout_skip_adds_the_mean_item_embedding_scaled_by_the_init_std(tiny_d
     torch.testing.assert_close(scores[:, 1:], (features @ head.T)[:, 1:], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="readout_skip needs a pooling readout"):
         make_model(tiny_data, readout="last", readout_skip=1.0)
-    with pytest.raises(ValueError, match="readout_state_weight .* needs readout_skip"):
-        make_model(tiny_data, readout="items", readout_skip=0.0, readout_state_weight=0.5)
 
 
 def test_backbone_parameters_that_train_are_saved_and_frozen_ones_are_not(tiny_data):

@@ -257,9 +257,7 @@ class CLLM4Rec(GeneralRecommender):
             raise ValueError(
                 f"readout_skip needs a pooling readout (mean, items), not readout={self.readout!r}: set readout_skip=0"
             )
-        self.readout_state_weight = float(config["readout_state_weight"])
-        if self.readout_state_weight != 1.0 and not self.readout_skip:
-            raise ValueError("readout_state_weight weighs the states against the skip: it needs readout_skip > 0")
+        self.readout_state_weight = float(config["readout_state_weight"])  # only beside the skip
         self.item_reorder = config["item_reorder"]
         self.item_chunk_size = config["item_chunk_size"]
         self.standardized_head = config["item_head"] == "standardized"
@@ -349,10 +347,12 @@ class CLLM4Rec(GeneralRecommender):
         content_rows = torch.zeros(self.n_users + self.n_items, dtype=torch.bool)
         in_docs = self.content_docs.ids[self.content_docs.ids >= self.vocab_size].long() - self.vocab_size
         content_rows[in_docs.unique()] = True
-        self.register_buffer("content_trained", content_rows, persistent=False)
         if config["item_init"] in ("svd", "ridge"):
             ridge = config["init_ridge"] if config["item_init"] == "ridge" else None
             self.init_from_svd(history, init_std, config["seed"], ridge)
+            # every content row starts at the SVD too: one no document trains is an anchor, not noise
+            content_rows[:] = True
+        self.register_buffer("content_trained", content_rows, persistent=False)
         if config["item_bias"]:
             # starts at the centred log training popularity: a bias learns at the learning rate's
             # pace (about 0.1 per epoch), far from the few nats that separate head and tail items
@@ -576,10 +576,12 @@ class CLLM4Rec(GeneralRecommender):
     def mutual_regularization(self, ids: torch.Tensor, side: str, batch_ids: torch.Tensor) -> torch.Tensor:
         """``lambda_c * sum ||e_side - stopgrad(e_other)||^2`` over the ID tokens (with repeats) in ``ids``.
 
-        Only toward rows the other side trains (``collaborative_trained`` / ``content_trained``): a
-        table row without any document on the other side stays at its random init, and pulling toward
-        it would only add noise. With ``mutual_reg_reduction: mean`` the sum is divided by the number
-        of ID tokens in ``batch_ids``, the whole batch's documents (``ids`` may be this rank's share).
+        Only toward rows the other side trains or that start from the SVD (``collaborative_trained`` /
+        ``content_trained``): a row without any document on the other side stays at its init, and a
+        random one would only add noise. With the frozen content tables of finetuning, it is a pull
+        toward where the collaborative tables started (the SVD, or pretraining's end). With
+        ``mutual_reg_reduction: mean`` the sum is divided by the number of ID tokens in ``batch_ids``,
+        the whole batch's documents (``ids`` may be this rank's share).
         """
         other = "content" if side == "collaborative" else "collaborative"
         trained = self.content_trained if other == "content" else self.collaborative_trained
