@@ -7,7 +7,9 @@ training interactions), with RecBole's masking (training and validation items ex
 bucketed by their number of training items (quartiles); test interactions by their item's training
 popularity (the most popular items that hold a third of the training interactions, the next third,
 the rest). Per user bucket: mean Recall@20 (hits / held-out items, RecBole's). Per item bucket: the
-share of its test interactions that reach the top 20. Prints Markdown; ``--out`` writes it too.
+share of its test interactions that reach the top 20. With ``readout_skip``, also what each part of
+what the head reads ranks at alone: the layers' pooled states, the skip (the item embeddings around
+the layers), both (the model). Prints Markdown; ``--out`` writes it too.
 """
 from __future__ import annotations
 
@@ -103,7 +105,19 @@ def main(argv: list[str] | None = None) -> str:
         n_b = int((bucket[1:] == b).sum())
         lines.append(f"| {name}: {n_b} items | {int(popularity[bucket == b].sum())} | {int(mine.sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
     overall = f"overall: CLLM4Rec {recall['CLLM4Rec'].mean():.4f}, EASE {recall['EASE'].mean():.4f}"
-    text = "\n".join(lines + ["", overall])
+    lines += ["", overall]
+    if model.readout_skip:
+        lines += ["", f"Test Recall@{args.k} of each part of what the item head reads (item bias kept)", "",
+                  "| the head reads | Recall@20 |", "|---|---|"]  # fmt: skip
+        skip, weight = model.readout_skip, model.readout_state_weight
+        # a probe: the skip's weight ~0 (not 0, which would also drop the states' weight), or the states' 0
+        for name, (model.readout_skip, model.readout_state_weight) in (
+            (f"the layers' pooled states (x {weight:g})", (1e-30, weight)), (f"the skip alone (w {skip:g})", (skip, 0.0))
+        ):
+            lines.append(f"| {name} | {(top_k_hits(model, users, seen, test_sets, args.k, args.batch).sum(1) / n_test).mean():.4f} |")
+        model.readout_skip, model.readout_state_weight = skip, weight
+        lines.append(f"| both (the model) | {recall['CLLM4Rec'].mean():.4f} |")
+    text = "\n".join(lines)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -14,13 +14,16 @@ def test_diagnosis_overall_recall_is_recboles_test_recall(tiny_data):
     result = run_model("CLLM4Rec", "tiny", config_dict=config)
     ease = run_model("EASE", "tiny", config_dict={**config, "reg_weight": 10.0})
     text = load_script().main(["--checkpoint", result["checkpoint"], "--ease_reg_weight=10", "--out", str(tiny_data / "d.md")])
-    overall = text.splitlines()[-1]
+    overall = next(line for line in text.splitlines() if line.startswith("overall:"))
     # the same users, masking and recall definition as RecBole's evaluation of both models
     assert f"CLLM4Rec {result['test_result']['recall@20']:.4f}" in overall
     assert f"EASE {ease['test_result']['recall@20']:.4f}" in overall
     assert (tiny_data / "d.md").read_text().startswith("Test Recall@20 by the user's number of training items")
     user_rows = [line for line in text.splitlines() if line.startswith("| ") and "-" in line.split("|")[1]]
     assert sum(int(line.split("|")[2]) for line in user_rows) == int(text.split("(")[1].split()[0])
+    # the parts of what the head reads: the full model's row is RecBole's number again
+    assert f"| both (the model) | {result['test_result']['recall@20']:.4f} |" in text
+    assert "| the skip alone (w 3) |" in text and "| the layers' pooled states (x " in text
     with pytest.raises(SystemExit):
         load_script().main([])
 
