@@ -7,7 +7,8 @@ Validation Recall@20 (training items masked, as RecBole ranks for validation) of
 linear item-item models of the training matrix (EASE; the ID tables themselves, a history's mean item
 embedding . each item, for ``item_init`` svd and ridge), and the untrained model whose prompts go
 through the first 0..``llm_layers`` frozen layers (item bias zeroed, so only what the layers pass on
-ranks). Prints a Markdown table.
+ranks), and the untrained model with the skip (``readout_skip``), its states weighted 1, 0.3, 0.1
+(``readout_state_weight``). Prints a Markdown table.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--ease", default="100,250,500", help="EASE reg_weight values")
     parser.add_argument("--ridge", default="250", help="init_ridge values of item_init: ridge")
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--skip", type=float, default=3.0, help="readout_skip of the rows with the skip")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -96,6 +98,17 @@ def main(argv: list[str] | None = None) -> str:
                 model.hidden_states = hidden
         rows.append((f"item_init svd, untrained model through {n} frozen layer(s), readout items, no item bias", recall_at(scores, seen, truth)))
     body.layers = all_layers
+
+    # with the skip: what the head reads at the start of finetuning, the states weighted against it
+    for init, ridge in inits:
+        for weight in (1.0, 0.3, 0.1):
+            model = untrained(item_init=init, init_ridge=ridge, readout="items", readout_skip=args.skip, readout_state_weight=weight)
+            with torch.no_grad():
+                if model.has_item_bias:
+                    model.item_bias.weight.zero_()
+                scores = model.eval().full_sort_predict({model.USER_ID: torch.from_numpy(users)}).numpy()
+            label = f"item_init {init}" + (f" ({ridge:g})" if ridge else "")
+            rows.append((f"{label}, untrained model through {args.layers} frozen layers, readout items + skip (w {args.skip:g}), states x {weight:g}, no item bias", recall_at(scores, seen, truth)))
 
     lines = [f"Validation Recall@20 on {args.dataset} ({len(users)} users)", "", "| model | valid Recall@20 |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in rows]
