@@ -225,7 +225,9 @@ def test_recommendation_loss_is_multinomial(tiny_data, head, readout, skip, bias
         else:  # the visible item tokens' states and the last token's, averaged
             h = hidden[row, [p for p in range(n) if ids[row, p] >= item_offset or p == n - 1]].mean(0)
             shown = [t - item_offset for t in ids[row, :n].tolist() if t >= item_offset]
-            if skip and shown:  # plus the skip: the mean embedding of the shown items / init_std
+            if skip:  # the states weighed against the skip: the mean embedding of the shown items / init_std
+                h = config["readout_state_weight"] * h
+            if skip and shown:
                 h = h + skip / config["init_std"] * model.collaborative_item_emb.weight[shown].mean(0)
         if head == "standardized":
             h = (h - model.hidden_mean) / model.hidden_std
