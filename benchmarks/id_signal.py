@@ -69,10 +69,15 @@ def main(argv: list[str] | None = None) -> str:
         rows.append((f"EASE, reg_weight {reg:g}", recall_at(ease.interaction_matrix[users] @ ease.item_similarity, seen, truth)))
 
     def untrained(**overrides):
+        """The model at initialization, item bias zeroed: only what the tables and layers pass on ranks."""
         for key, value in overrides.items():
             config[key] = value
         torch.manual_seed(config["seed"])
-        return get_model("CLLM4Rec")(config, train.dataset)
+        model = get_model("CLLM4Rec")(config, train.dataset).eval()
+        if model.has_item_bias:
+            with torch.no_grad():
+                model.item_bias.weight.zero_()
+        return model
 
     inits = [("svd", None)] + [("ridge", float(r)) for r in args.ridge.split(",")]
     for init, ridge in inits:
@@ -82,9 +87,6 @@ def main(argv: list[str] | None = None) -> str:
         rows.append((f"{label}: the tables alone (mean item embedding . item)", recall_at(X[users] @ items @ items.T, seen, truth)))
 
     model = untrained(item_init="svd", init_ridge=None, readout="items", readout_skip=0.0)
-    with torch.no_grad():
-        if model.has_item_bias:
-            model.item_bias.weight.zero_()
     body = model.backbone.base_model
     all_layers = body.layers
     model.eval()
@@ -104,9 +106,7 @@ def main(argv: list[str] | None = None) -> str:
         for weight in (1.0, 0.3, 0.1):
             model = untrained(item_init=init, init_ridge=ridge, readout="items", readout_skip=args.skip, readout_state_weight=weight)
             with torch.no_grad():
-                if model.has_item_bias:
-                    model.item_bias.weight.zero_()
-                scores = model.eval().full_sort_predict({model.USER_ID: torch.from_numpy(users)}).numpy()
+                scores = model.full_sort_predict({model.USER_ID: torch.from_numpy(users)}).numpy()
             label = f"item_init {init}" + (f" ({ridge:g})" if ridge else "")
             rows.append((f"{label}, untrained model through {args.layers} frozen layers, readout items + skip (w {args.skip:g}), states x {weight:g}, no item bias", recall_at(scores, seen, truth)))
 
