@@ -265,9 +265,9 @@ def test_item_bias_starts_at_centred_log_popularity_and_adds_to_every_logit(tiny
 def test_lora_adapters_train_at_their_own_rate_and_travel_in_checkpoints(tiny_data):
     from recbole_cllm4rec.trainer import CLLM4RecTrainer
 
-    config, model, _ = make_model(tiny_data, lora_rank=2, lora_targets=["q_proj", "v_proj"], lora_learning_rate=0.05)
+    config, model, _ = make_model(tiny_data, lora_rank=2, lora_targets=["q_proj", "v_proj"], backbone_learning_rate=0.05)
     _, plain, _ = make_model(tiny_data)
-    adapters = model.adapter_parameters()
+    adapters = model.backbone_parameters()
     assert len(adapters) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
     assert all(any(p is a for a in model.trainable_parameters()) for p in adapters)
     assert torch.equal(model.backbone_fingerprint, plain.backbone_fingerprint)  # the frozen weights' identity
@@ -291,6 +291,32 @@ def test_lora_adapters_train_at_their_own_rate_and_travel_in_checkpoints(tiny_da
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(fresh.full_sort_predict({fresh.USER_ID: users}), model.full_sort_predict({model.USER_ID: users}))
+
+
+def test_norm_tuning_trains_only_the_norms_at_the_backbone_rate_and_saves_them(tiny_data):
+    from recbole_cllm4rec.trainer import CLLM4RecTrainer
+
+    config, model, _ = make_model(tiny_data, llm_norm_tuning=True, backbone_learning_rate=0.05)
+    inside = dict(model.backbone.named_parameters())
+    norms = {n for n, p in inside.items() if p.requires_grad}
+    # the tiny backbone has 2 blocks: two RMSNorms each, then the final norm
+    assert norms == {"model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
+                     "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight",
+                     "model.norm.weight"}  # fmt: skip
+    optimizer = CLLM4RecTrainer(config, model)._build_optimizer(learning_rate=0.001)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.001, 0.05]
+    before = {n: inside[n].detach().clone() for n in norms}
+    frozen = inside["model.layers.0.self_attn.q_proj.weight"].detach().clone()
+    loss, reg = model.recommendation_loss(torch.tensor([1, 2, 3]))
+    (loss + reg).backward()
+    optimizer.step()
+    assert all(not torch.equal(before[n], inside[n]) for n in norms)
+    assert torch.equal(frozen, inside["model.layers.0.self_attn.q_proj.weight"])
+    state = model.state_dict()
+    assert {k for k in state if k.startswith("backbone.")} == {"backbone." + n for n in norms}
+    _, fresh, _ = make_model(tiny_data, llm_norm_tuning=True)
+    fresh.load_state_dict(state)
+    assert all(torch.equal(dict(fresh.backbone.named_parameters())[n], inside[n]) for n in norms)
 
 
 def test_a_lora_run_tests_the_adapters_it_trained(tiny_data):
@@ -319,7 +345,7 @@ def test_learning_rate_decay_scales_every_group_per_finetuning_epoch(tiny_data, 
 
     monkeypatch.setattr(CLLM4RecTrainer, "_run_pass", record)
     config = tiny_config_dict(tiny_data, epochs=3, stopping_step=10, learning_rate=0.004, learning_rate_decay=0.5,
-                              lora_rank=2, lora_learning_rate=0.002, content_warmup_epochs=0)  # fmt: skip
+                              lora_rank=2, backbone_learning_rate=0.002, content_warmup_epochs=0)  # fmt: skip
     run_model("CLLM4Rec", "tiny", config_dict=config)
     assert seen == [[0.004, 0.002], [0.002, 0.001], [0.001, 0.0005]]
 

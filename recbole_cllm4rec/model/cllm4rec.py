@@ -147,6 +147,16 @@ def add_lora(backbone: nn.Module, rank: int, alpha: float, targets: list[str], s
         parameter.requires_grad_("lora_" in name)
 
 
+def tune_norms(backbone: nn.Module) -> None:
+    """Layer-norm tuning: the weights of the backbone's normalization layers (each block's two RMSNorms and
+    the final norm) train, everything else stays frozen. A few thousand parameters that rescale what
+    each layer reads, so the layers can pass on more of the ID embeddings."""
+    for module in backbone.modules():
+        if "norm" in type(module).__name__.lower():
+            for parameter in module.parameters(recurse=False):
+                parameter.requires_grad_(True)
+
+
 class ItemLogSumExp(torch.autograd.Function):
     """``log sum_{i >= 1} exp(h . e_i)`` per row of ``hidden``, item 0 (padding) excluded.
 
@@ -191,7 +201,8 @@ class CLLM4Rec(GeneralRecommender):
         "llm_pretrained": Rule(bool),
         "lora_rank": Rule(int, low=0),
         "lora_alpha": Rule(float, low=0),
-        "lora_learning_rate": Rule(float, low=0, optional=True),
+        "llm_norm_tuning": Rule(bool),
+        "backbone_learning_rate": Rule(float, low=0, optional=True),
         "init_std": Rule(float, low=0, optional=True),
         "item_init": Rule(str, choices=("random", "text", "svd", "ridge")),
         "init_ridge": Rule(float, low=0, optional=True),
@@ -233,9 +244,11 @@ class CLLM4Rec(GeneralRecommender):
             set_dropout(self.backbone, self.llm_dropout)
         # The backbone's identity travels in every checkpoint (the weights themselves do not).
         self.register_buffer("backbone_fingerprint", backbone_fingerprint(self.backbone))
-        self.lora_learning_rate = config["lora_learning_rate"]
+        self.backbone_learning_rate = config["backbone_learning_rate"]
         if config["lora_rank"]:
             add_lora(self.backbone, config["lora_rank"], config["lora_alpha"], config["lora_targets"], config["seed"])
+        if config["llm_norm_tuning"]:
+            tune_norms(self.backbone)
         word_embeddings = self.backbone.get_input_embeddings()
         self.vocab_size = word_embeddings.num_embeddings
         dim = word_embeddings.embedding_dim
@@ -452,25 +465,26 @@ class CLLM4Rec(GeneralRecommender):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The only parameters that train: the weights of the four ID tables (and the item bias, the
-        attention readout's query, the backbone's LoRA adapters where configured)."""
+        attention readout's query, the backbone's LoRA adapters and norms where configured)."""
         extra = [self.item_bias.weight] if self.has_item_bias else []
         if self.untied_head:
             extra.append(self.output_item_emb.weight)
         if self.readout == "attention":
             extra.append(self.readout_query)
-        return [table.weight for table in self.id_tables()] + extra + self.adapter_parameters()
+        return [table.weight for table in self.id_tables()] + extra + self.backbone_parameters()
 
-    def adapter_parameters(self) -> list[nn.Parameter]:
-        """Backbone parameters that train (LoRA adapters); empty when the LM is frozen, as in the paper."""
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Backbone parameters that train (LoRA adapters, norms); empty when the LM is frozen, as in the paper."""
         return [p for p in self.backbone.parameters() if p.requires_grad]
 
     def optimizer_groups(self, learning_rate: float) -> list[dict]:
-        """Parameter groups for the optimizer: adapters at ``lora_learning_rate`` (default: the stage's)."""
-        adapters = self.adapter_parameters()
-        rest = [p for p in self.trainable_parameters() if not any(p is a for a in adapters)]
+        """Parameter groups for the optimizer: the backbone's trainable parts at ``backbone_learning_rate``
+        (default: the stage's)."""
+        inside = self.backbone_parameters()
+        rest = [p for p in self.trainable_parameters() if not any(p is a for a in inside)]
         groups = [{"params": rest, "lr": learning_rate}]
-        if adapters:
-            groups.append({"params": adapters, "lr": self.lora_learning_rate or learning_rate})
+        if inside:
+            groups.append({"params": inside, "lr": self.backbone_learning_rate or learning_rate})
         return groups
 
     def tables(self, side: str) -> tuple[nn.Embedding, nn.Embedding]:
