@@ -319,6 +319,42 @@ def test_norm_tuning_trains_only_the_norms_at_the_backbone_rate_and_saves_them(t
     assert all(torch.equal(dict(fresh.backbone.named_parameters())[n], inside[n]) for n in norms)
 
 
+def test_deep_prompts_are_what_every_block_reads_in_front_and_they_train_and_travel(tiny_data):
+    config, model, _ = make_model(tiny_data, deep_prompt_tokens=3)
+    k, blocks = 3, model.blocks()
+    assert model.deep_prompts.shape == (len(blocks), k, model.collaborative_item_emb.embedding_dim)
+    # started at what the blocks read at the prompt's words: block 0 reads their word embeddings
+    text = config["recommendation_prompt"].replace("{user}", "").replace("{items}", "")
+    words = torch.tensor(model.tokenizer(text)["input_ids"][:k])
+    torch.testing.assert_close(model.deep_prompts[0], model.backbone.get_input_embeddings()(words))
+    with torch.no_grad():
+        model.deep_prompts.normal_()  # apart from their start, so a block reading anything else shows
+    read = []
+    spies = [b.register_forward_pre_hook(lambda m, args, kwargs: read.append(cllm4rec_module.layer_input(args, kwargs)),
+                                         with_kwargs=True) for b in blocks]  # fmt: skip
+    ids, length, hidden = prompt_states(model, torch.tensor([1, 2]))
+    for spy in spies:
+        spy.remove()
+    assert hidden.shape[:2] == ids.shape  # the prompt positions come back, the k in front do not
+    # the spies ran after the deep-prompt hooks: every block read its own prompts in front
+    for index, states in enumerate(read):
+        torch.testing.assert_close(states[:, :k], model.deep_prompts[index].expand(2, -1, -1).to(states.dtype))
+    assert any(p is model.deep_prompts for p in model.trainable_parameters())
+    loss, reg = model.recommendation_loss(torch.tensor([1, 2, 3]))
+    (loss + reg).backward()
+    assert model.deep_prompts.grad[-1].abs().sum() > 0
+    _, fresh, _ = make_model(tiny_data, deep_prompt_tokens=3)
+    fresh.load_state_dict(model.state_dict())
+    model.eval()
+    fresh.eval()
+    users = torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.full_sort_predict({fresh.USER_ID: users}), model.full_sort_predict({model.USER_ID: users}))
+        # and a different prefix changes what the head reads
+        fresh.deep_prompts.zero_()
+        assert not torch.allclose(fresh.full_sort_predict({fresh.USER_ID: users}), model.full_sort_predict({model.USER_ID: users}))
+
+
 def test_a_lora_run_tests_the_adapters_it_trained(tiny_data):
     from conftest import tiny_config_dict
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from pathlib import Path
 
 import torch
@@ -89,15 +90,21 @@ def backbone_fingerprint(backbone: nn.Module) -> torch.Tensor:
     return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8).clone()
 
 
+def block_list_name(backbone: nn.Module) -> str:
+    """The attribute of the backbone's base model that holds its transformer blocks."""
+    name = next((n for n in ("layers", "h") if isinstance(getattr(backbone.base_model, n, None), nn.ModuleList)), None)
+    if name is None:
+        raise ValueError(f"cannot find the transformer blocks of {type(backbone.base_model).__name__}")
+    return name
+
+
 def truncate_layers(backbone: nn.Module, n_layers: int) -> None:
     """Keep at most the first ``n_layers`` transformer blocks (then the final norm): a cheaper backbone.
 
     A backbone with no more than ``n_layers`` blocks is kept whole. The fingerprint is taken
     afterwards, so checkpoints record how many layers they were trained with.
     """
-    name = next((n for n in ("layers", "h") if isinstance(getattr(backbone.base_model, n, None), nn.ModuleList)), None)
-    if name is None:
-        raise ValueError(f"llm_layers: cannot find the transformer blocks of {type(backbone.base_model).__name__}")
+    name = block_list_name(backbone)
     layers = getattr(backbone.base_model, name)
     if n_layers < 1:
         raise ValueError(f"llm_layers={n_layers}: keep at least one layer (~ keeps all {len(layers)})")
@@ -107,6 +114,11 @@ def truncate_layers(backbone: nn.Module, n_layers: int) -> None:
     backbone.config.num_hidden_layers = n_layers
     if getattr(backbone.config, "layer_types", None):
         backbone.config.layer_types = backbone.config.layer_types[:n_layers]
+
+
+def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a transformer block is called with (positionally or by name)."""
+    return args[0] if args else kwargs["hidden_states"]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -202,6 +214,7 @@ class CLLM4Rec(GeneralRecommender):
         "lora_rank": Rule(int, low=0),
         "lora_alpha": Rule(float, low=0),
         "llm_norm_tuning": Rule(bool),
+        "deep_prompt_tokens": Rule(int, low=0),
         "backbone_learning_rate": Rule(float, low=0, optional=True),
         "init_std": Rule(float, low=0, optional=True),
         "item_init": Rule(str, choices=("random", "text", "svd", "ridge")),
@@ -314,6 +327,10 @@ class CLLM4Rec(GeneralRecommender):
             self.register_buffer("hidden_mean", torch.zeros(dim))
             self.register_buffer("hidden_std", torch.ones(dim))
             self.register_buffer("head_calibrated", torch.tensor(False))
+        # Deep prompts: k trainable vectors in front of every document, at the input of every block.
+        self.deep_prompt_tokens = config["deep_prompt_tokens"]
+        if self.deep_prompt_tokens:
+            self.init_deep_prompts(re.sub(r"\{\w+\}", "", config["recommendation_prompt"]))
         if config["item_init"] == "text" and not config["item_text_template"]:
             raise ValueError("item_init: text needs item_text_template (the text each item starts from)")
 
@@ -460,6 +477,41 @@ class CLLM4Rec(GeneralRecommender):
                 table.weight.zero_()
                 table.weight[:, :rank] = factors / factors[1:].std() * init_std
 
+    def blocks(self) -> nn.ModuleList:
+        """The backbone's transformer blocks (after ``llm_layers``)."""
+        return getattr(self.backbone.base_model, block_list_name(self.backbone))
+
+    @torch.no_grad()
+    def init_deep_prompts(self, text: str) -> None:
+        """Deep prompts (P-tuning v2's idea, here as hidden states rather than keys and values): block
+        ``l`` reads ``deep_prompts[l]`` at the k positions in front of each document, wherever the
+        previous block left them. They start as what each block reads at the first k tokens of
+        ``text`` (the recommendation prompt's words, repeated if short), so the frozen LM starts from
+        an in-distribution prefix rather than from random states it was never trained on."""
+        k, blocks = self.deep_prompt_tokens, self.blocks()
+        ids = torch.tensor(self.tokenizer(text)["input_ids"] or [0])
+        ids = ids.repeat(-(-k // len(ids)))[:k][None]
+        seen = []
+        hooks = [b.register_forward_pre_hook(lambda m, args, kwargs: seen.append(layer_input(args, kwargs)[0]),
+                                             with_kwargs=True) for b in blocks]  # fmt: skip
+        try:
+            self.backbone.base_model(input_ids=ids, use_cache=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        self.deep_prompts = nn.Parameter(torch.stack(seen).float())
+        for index, block in enumerate(blocks):
+            block.register_forward_pre_hook(self._deep_prompt_hook(index), with_kwargs=True)
+
+    def _deep_prompt_hook(self, index: int):
+        def hook(module, args, kwargs):
+            hidden = layer_input(args, kwargs)
+            prompts = self.deep_prompts[index].to(hidden.dtype).expand(len(hidden), -1, -1)
+            hidden = torch.cat([prompts, hidden[:, self.deep_prompt_tokens :]], dim=1)
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+        return hook
+
     def id_tables(self) -> list[nn.Embedding]:
         return [self.collaborative_user_emb, self.collaborative_item_emb, self.content_user_emb, self.content_item_emb]
 
@@ -471,6 +523,8 @@ class CLLM4Rec(GeneralRecommender):
             extra.append(self.output_item_emb.weight)
         if self.readout == "attention":
             extra.append(self.readout_query)
+        if self.deep_prompt_tokens:
+            extra.append(self.deep_prompts)
         return [table.weight for table in self.id_tables()] + extra + self.backbone_parameters()
 
     def backbone_parameters(self) -> list[nn.Parameter]:
@@ -558,13 +612,14 @@ class CLLM4Rec(GeneralRecommender):
         """Last-layer hidden states (fp32) of right-padded documents ``ids[:, :length]`` (``embeds``: their
         input embeddings, when the caller has them already)."""
         attention_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < length[:, None]
+        embeds = self.embed(ids, side) if embeds is None else embeds
+        k = self.deep_prompt_tokens
+        if k:  # placeholders the blocks' hooks overwrite with the deep prompts
+            embeds = torch.cat([embeds.new_zeros(len(ids), k, embeds.shape[-1]), embeds], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones(len(ids), k), attention_mask], dim=1)
         with self.autocast():
-            out = self.backbone_body(
-                inputs_embeds=self.embed(ids, side) if embeds is None else embeds,
-                attention_mask=attention_mask.long(),
-                use_cache=False,
-            )
-        return out.last_hidden_state.float()
+            out = self.backbone_body(inputs_embeds=embeds, attention_mask=attention_mask.long(), use_cache=False)
+        return out.last_hidden_state[:, k:].float()
 
     def prompt_states(self, ids: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """What the item head reads from recommendation prompts: the pooled last-layer states
