@@ -184,9 +184,10 @@ def test_ridge_init_makes_item_products_the_ridge_item_item_model(tiny_data):
     assert torch.equal(model.content_item_emb.weight, model.collaborative_item_emb.weight)
 
 
-@pytest.mark.parametrize("state_weight", [1.0, 0.25])
-def test_readout_skip_adds_the_mean_item_embedding_scaled_by_the_init_std(tiny_data, state_weight):
-    config, model, _ = make_model(tiny_data, readout="items", readout_skip=2.0, readout_state_weight=state_weight)
+@pytest.mark.parametrize(("state_weight", "exponent"), [(1.0, 1.0), (0.25, 1.0), (0.25, 0.5)])
+def test_readout_skip_adds_the_pooled_item_embeddings_scaled_by_the_init_std(tiny_data, state_weight, exponent):
+    config, model, _ = make_model(tiny_data, readout="items", readout_skip=2.0, readout_state_weight=state_weight,
+                                  readout_skip_exponent=exponent)  # fmt: skip
     users = torch.tensor([1, 4, 9])
     ids, length, hidden = prompt_states(model, users)
     pooled = model.readout_states(hidden, ids, length)
@@ -194,8 +195,9 @@ def test_readout_skip_adds_the_mean_item_embedding_scaled_by_the_init_std(tiny_d
     item_offset = model.vocab_size + model.n_users
     for row in range(3):
         history = ids[row, : int(length[row])]
-        mean_item = model.collaborative_item_emb.weight[history[history >= item_offset] - item_offset].mean(0)
-        expected = state_weight * pooled[row] + 2.0 / config["init_std"] * mean_item
+        shown = model.collaborative_item_emb.weight[history[history >= item_offset] - item_offset]
+        assert len(shown) > 1  # so the exponent matters
+        expected = state_weight * pooled[row] + 2.0 / config["init_std"] * shown.sum(0) / len(shown) ** exponent
         torch.testing.assert_close(got[row], expected, rtol=1e-4, atol=1e-5)
     # a prompt without item tokens (a one-item user's masked prompt) gets no skip term
     no_items = ids[:1, :3]

@@ -233,6 +233,7 @@ class CLLM4Rec(GeneralRecommender):
         "readout": Rule(str, choices=READOUTS),
         "readout_skip": Rule(float, low=0, optional=True),
         "readout_state_weight": Rule(float, low=0),
+        "readout_skip_exponent": Rule(float, low=0, high=1),
         "item_bias": Rule(bool),
         "item_head": Rule(str, choices=("tied", "standardized", "untied")),
         "head_calibration_users": Rule(int, low=1),
@@ -284,6 +285,7 @@ class CLLM4Rec(GeneralRecommender):
                 f"readout_skip needs a pooling readout (mean, items), not readout={self.readout!r}: set readout_skip=0"
             )
         self.readout_state_weight = float(config["readout_state_weight"])  # only beside the skip
+        self.readout_skip_exponent = float(config["readout_skip_exponent"])
         self.item_reorder = config["item_reorder"]
         self.item_chunk_size = config["item_chunk_size"]
         self.standardized_head = config["item_head"] == "standardized"
@@ -623,8 +625,9 @@ class CLLM4Rec(GeneralRecommender):
 
     def prompt_states(self, ids: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """What the item head reads from recommendation prompts: the pooled last-layer states
-        (``readout``) plus, with ``readout_skip`` w, ``w / init_std`` times the mean input embedding of
-        the prompt's item tokens; the states then weigh ``readout_state_weight``.
+        (``readout``) plus, with ``readout_skip`` w, ``w / init_std`` times the sum of the input
+        embeddings of the prompt's n item tokens over ``n ** readout_skip_exponent`` (1: their mean); the
+        states then weigh ``readout_state_weight``.
 
         Why the skip: the frozen layers normalize every input, so an ID embedding enters attention
         and the MLPs at the scale of a word and their response swamps it in the residual stream. Even
@@ -639,7 +642,8 @@ class CLLM4Rec(GeneralRecommender):
             return states
         # the skip pools the item tokens only: a word's embedding is the same in every prompt
         items = self.item_tokens(ids)
-        pooled = (items[:, :, None] * embeds.float()).sum(1) / items.sum(1, keepdim=True).clamp(min=1)
+        count = items.sum(1, keepdim=True).clamp(min=1).float()
+        pooled = (items[:, :, None] * embeds.float()).sum(1) / count**self.readout_skip_exponent
         return self.readout_state_weight * states + self.readout_skip / self.init_std * pooled
 
     def mutual_regularization(self, ids: torch.Tensor, side: str, batch_ids: torch.Tensor) -> torch.Tensor:
