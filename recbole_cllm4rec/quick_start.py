@@ -14,6 +14,7 @@ from pathlib import Path
 from time import time
 
 import torch
+import yaml
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
@@ -160,6 +161,13 @@ def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
     """
     checkpoint = load_checkpoint(checkpoint_file, "cpu")
     config = checkpoint["config"]
+    # keys the model's yaml gained after the checkpoint was saved: their defaults (a new option's
+    # default keeps the behaviour the checkpoint was trained with)
+    defaults = PROPERTIES_DIR / f"{config['model']}.yaml"
+    if defaults.is_file():
+        for key, value in (yaml.safe_load(defaults.read_text()) or {}).items():
+            if key not in config.final_config_dict:
+                config[key] = value
     if data_path is not None:
         config["data_path"] = os.path.join(os.path.abspath(data_path), config["dataset"])
     if not os.path.isdir(config["data_path"]):

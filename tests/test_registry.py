@@ -132,6 +132,26 @@ def test_load_data_and_model_restores_a_cllm4rec_checkpoint(tiny_data):
     assert torch.equal(model.collaborative_item_emb.weight, checkpoint["state_dict"]["collaborative_item_emb.weight"])
 
 
+def test_a_checkpoint_saved_before_a_new_option_loads_with_its_default(tiny_data, tmp_path):
+    import torch
+    from recbole_cllm4rec.quick_start import load_data_and_model
+
+    result = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data))
+    checkpoint = torch.load(result["checkpoint"], weights_only=False)
+    for key in ("readout_skip_exponent", "deep_prompt_tokens", "llm_norm_tuning"):
+        del checkpoint["config"].final_config_dict[key]  # as saved by an older version
+    old = tmp_path / "old.pth"
+    torch.save(checkpoint, old)
+    config, model, *_ = load_data_and_model(str(old))
+    assert (config["readout_skip_exponent"], config["deep_prompt_tokens"], config["llm_norm_tuning"]) == (1.0, 0, False)
+    _, new, *_ = load_data_and_model(result["checkpoint"])
+    model.eval()
+    new.eval()
+    users = torch.arange(1, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_sort_predict({model.USER_ID: users}), new.full_sort_predict({new.USER_ID: users}))
+
+
 def test_load_data_and_model_restores_a_baseline_checkpoint(tiny_data):
     from recbole_cllm4rec.quick_start import load_data_and_model
 
