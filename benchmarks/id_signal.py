@@ -2,6 +2,7 @@
 
     python benchmarks/id_signal.py --dataset=ml-100k
     python benchmarks/id_signal.py --dataset=amazon-beauty-paper --data_path=../shared/datasets --ridge=100,250,500
+    python benchmarks/id_signal.py --dataset=amazon-beauty-paper --data_path=../shared/datasets --ridge=100 --ranks=576,1152,2304,full
 
 Validation Recall@20 (training items masked, as RecBole ranks for validation) of, on one split:
 linear item-item models of the training matrix (EASE; the ID tables themselves, a history's mean item
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--ease", default="100,250,500", help="EASE reg_weight values")
     parser.add_argument("--ridge", default="250", help="init_ridge values of item_init: ridge")
+    parser.add_argument("--ranks", default="", help="ranks of the ridge item-item model (init_ridge: the first --ridge) "
+                        "to show what the hidden size costs, e.g. 576,1152,2304,full")
+    parser.add_argument("--linear_only", action="store_true", help="only the linear models (EASE, ridge ranks, the tables)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--skip", type=float, default=3.0, help="readout_skip of the rows with the skip")
     args = parser.parse_args(argv)
@@ -68,6 +72,17 @@ def main(argv: list[str] | None = None) -> str:
         ease = EASE(Config(model="EASE", dataset=args.dataset, config_dict={**{k: v for k, v in settings.items() if k == "data_path"}, "reg_weight": reg}), train.dataset)
         rows.append((f"EASE, reg_weight {reg:g}", recall_at(ease.interaction_matrix[users] @ ease.item_similarity, seen, truth)))
 
+    if args.ranks:  # the ridge item-item model truncated to rank r: what an ID table of size r can hold
+        lam = float(args.ridge.split(",")[0])
+        values, vectors = np.linalg.eigh(X.T.astype(np.float64) @ X)  # R^T R = V S^2 V^T
+        order = np.argsort(-values)
+        values, vectors = np.clip(values[order], 0, None), vectors[:, order]
+        for rank in args.ranks.split(","):
+            r = len(values) if rank == "full" else int(rank)
+            shrunk = vectors[:, :r] * (values[:r] / (values[:r] + lam))
+            scores = (X[users] @ shrunk) @ vectors[:, :r].T
+            rows.append((f"ridge item-item model (lambda {lam:g}) at rank {rank}", recall_at(scores, seen, truth)))
+
     def untrained(**overrides):
         """The model at initialization, item bias zeroed: only what the tables and layers pass on ranks."""
         for key, value in overrides.items():
@@ -86,6 +101,8 @@ def main(argv: list[str] | None = None) -> str:
         label = f"item_init {init}" + (f", init_ridge {ridge:g}" if ridge else "")
         rows.append((f"{label}: the tables alone (mean item embedding . item)", recall_at(X[users] @ items @ items.T, seen, truth)))
 
+    if args.linear_only:
+        return report(args.dataset, len(users), rows)
     model = untrained(item_init="svd", init_ridge=None, readout="items", readout_skip=0.0)
     body = model.backbone.base_model
     all_layers = body.layers
@@ -110,7 +127,12 @@ def main(argv: list[str] | None = None) -> str:
             label = f"item_init {init}" + (f" ({ridge:g})" if ridge else "")
             rows.append((f"{label}, untrained model through {args.layers} frozen layers, readout items + skip (w {args.skip:g}), states x {weight:g}, no item bias", recall_at(scores, seen, truth)))
 
-    lines = [f"Validation Recall@20 on {args.dataset} ({len(users)} users)", "", "| model | valid Recall@20 |", "|---|---|"]
+    return report(args.dataset, len(users), rows)
+
+
+def report(dataset: str, n_users: int, rows: list[tuple[str, float]]) -> str:
+    """Print and return the Markdown table."""
+    lines = [f"Validation Recall@20 on {dataset} ({n_users} users)", "", "| model | valid Recall@20 |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in rows]
     text = "\n".join(lines)
     print(text)
