@@ -274,6 +274,9 @@ def test_training_moves_the_embeddings_and_lowers_the_collaborative_loss(tiny_da
 def test_max_seq_len_beyond_the_backbone_context_is_refused(tiny_data):
     with pytest.raises(ValueError, match="exceeds the backbone's context"):
         make_model(tiny_data, max_seq_len=4096)
+    make_model(tiny_data, max_seq_len=1020, scoring_max_seq_len=1020, deep_prompt_tokens=4)  # the tiny context: 1024
+    with pytest.raises(ValueError, match=r"deep_prompt_tokens=5\) exceeds the backbone's context of 1024"):
+        make_model(tiny_data, max_seq_len=1020, scoring_max_seq_len=1020, deep_prompt_tokens=5)
 
 
 def test_a_missing_text_field_is_named(tiny_data):

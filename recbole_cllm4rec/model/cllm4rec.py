@@ -270,10 +270,14 @@ class CLLM4Rec(GeneralRecommender):
         self.max_seq_len = config["max_seq_len"]
         # scoring is forward-only: it can afford to show more of a long history than training does
         self.scoring_max_seq_len = config["scoring_max_seq_len"] or self.max_seq_len
+        self.deep_prompt_tokens = config["deep_prompt_tokens"]  # in front of every document
         context = getattr(self.backbone.config, "max_position_embeddings", None)
         for key in ("max_seq_len", "scoring_max_seq_len"):
-            if context is not None and getattr(self, key) > context:
-                raise ValueError(f"{key}={getattr(self, key)} exceeds the backbone's context of {context} tokens")
+            if context is not None and getattr(self, key) + self.deep_prompt_tokens > context:
+                raise ValueError(
+                    f"{key}={getattr(self, key)} (+ deep_prompt_tokens={self.deep_prompt_tokens}) exceeds the "
+                    f"backbone's context of {context} tokens"
+                )
         self.lambda_c = config["lambda_c"]
         self.mutual_reg_mean = config["mutual_reg_reduction"] == "mean"
         self.mask_ratio = config["mask_ratio"]
@@ -330,7 +334,6 @@ class CLLM4Rec(GeneralRecommender):
             self.register_buffer("hidden_std", torch.ones(dim))
             self.register_buffer("head_calibrated", torch.tensor(False))
         # Deep prompts: k trainable vectors in front of every document, at the input of every block.
-        self.deep_prompt_tokens = config["deep_prompt_tokens"]
         if self.deep_prompt_tokens:
             self.init_deep_prompts(re.sub(r"\{\w+\}", "", config["recommendation_prompt"]))
         if config["item_init"] == "text" and not config["item_text_template"]:
