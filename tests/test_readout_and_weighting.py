@@ -357,6 +357,31 @@ def test_deep_prompts_are_what_every_block_reads_in_front_and_they_train_and_tra
         assert not torch.allclose(fresh.full_sort_predict({fresh.USER_ID: users}), model.full_sort_predict({model.USER_ID: users}))
 
 
+@pytest.mark.parametrize("skip", [0.0, 2.0])
+def test_query_tokens_readout_is_the_mean_of_the_appended_tokens_states(tiny_data, skip):
+    config, model, _ = make_model(tiny_data, readout="queries", readout_queries=2, readout_skip=skip,
+                                  readout_state_weight=0.5)  # fmt: skip
+    with torch.no_grad():
+        model.readout_query_tokens.normal_(std=0.1)  # two different queries
+    ids, length, _ = prompt_states(model, torch.tensor([1, 4, 9]))
+    assert len(set(length.tolist())) > 1  # padded rows: the queries sit right after each prompt
+    got = model.prompt_states(ids, length)
+    item_offset = model.vocab_size + model.n_users
+    for row in range(3):
+        n = int(length[row])
+        alone = torch.cat([model.embed(ids[row : row + 1, :n], "collaborative"), model.readout_query_tokens[None]], 1)
+        hidden = model.hidden_states(torch.zeros(1, n + 2, dtype=torch.long), torch.tensor([n + 2]), "collaborative", alone)
+        expected = hidden[0, n:].mean(0)
+        if skip:
+            shown = ids[row, :n][ids[row, :n] >= item_offset] - item_offset
+            expected = 0.5 * expected + skip / config["init_std"] * model.collaborative_item_emb.weight[shown].mean(0)
+        torch.testing.assert_close(got[row], expected, rtol=1e-4, atol=1e-5)
+    loss, reg = model.recommendation_loss(torch.tensor([1, 2, 3]))
+    (loss + reg).backward()
+    assert model.readout_query_tokens.grad.abs().sum(1).min() > 0  # every query trains
+    assert "readout_query_tokens" in model.state_dict()
+
+
 def test_a_lora_run_tests_the_adapters_it_trained(tiny_data):
     from conftest import tiny_config_dict
 

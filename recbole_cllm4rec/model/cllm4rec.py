@@ -50,7 +50,7 @@ from recbole_cllm4rec.validation import Rule, check_config_values
 # What the item head reads: the last token's state (paper), the mean over the document's states, the
 # mean over the visible item tokens' states (and the last token's), or attention pooling with a
 # learned query over the document.
-READOUTS = ("last", "mean", "items", "attention")
+READOUTS = ("last", "mean", "items", "attention", "queries")
 
 
 def stored_history(dataset, seed: int) -> torch.Tensor:
@@ -231,6 +231,7 @@ class CLLM4Rec(GeneralRecommender):
         "learning_rate_decay": Rule(float, low=0, high=1),
         "visible_target_weight": Rule(float, low=0, high=1),
         "readout": Rule(str, choices=READOUTS),
+        "readout_queries": Rule(int, low=1),
         "readout_skip": Rule(float, low=0, optional=True),
         "readout_state_weight": Rule(float, low=0),
         "readout_skip_exponent": Rule(float, low=0, high=1),
@@ -271,22 +272,25 @@ class CLLM4Rec(GeneralRecommender):
         # scoring is forward-only: it can afford to show more of a long history than training does
         self.scoring_max_seq_len = config["scoring_max_seq_len"] or self.max_seq_len
         self.deep_prompt_tokens = config["deep_prompt_tokens"]  # in front of every document
+        self.readout = config["readout"]
+        self.readout_queries = config["readout_queries"] if self.readout == "queries" else 0  # after each prompt
         context = getattr(self.backbone.config, "max_position_embeddings", None)
+        extra = self.deep_prompt_tokens + self.readout_queries
         for key in ("max_seq_len", "scoring_max_seq_len"):
-            if context is not None and getattr(self, key) + self.deep_prompt_tokens > context:
+            if context is not None and getattr(self, key) + extra > context:
                 raise ValueError(
-                    f"{key}={getattr(self, key)} (+ deep_prompt_tokens={self.deep_prompt_tokens}) exceeds the "
-                    f"backbone's context of {context} tokens"
+                    f"{key}={getattr(self, key)} (+ deep_prompt_tokens={self.deep_prompt_tokens}, readout_queries="
+                    f"{self.readout_queries}) exceeds the backbone's context of {context} tokens"
                 )
         self.lambda_c = config["lambda_c"]
         self.mutual_reg_mean = config["mutual_reg_reduction"] == "mean"
         self.mask_ratio = config["mask_ratio"]
         self.visible_target_weight = float(config["visible_target_weight"])
-        self.readout = config["readout"]
         self.readout_skip = float(config["readout_skip"] or 0.0)
-        if self.readout_skip and self.readout not in ("mean", "items"):
+        if self.readout_skip and self.readout not in ("mean", "items", "queries"):
             raise ValueError(
-                f"readout_skip needs a pooling readout (mean, items), not readout={self.readout!r}: set readout_skip=0"
+                f"readout_skip needs a pooling readout (mean, items, queries), not readout={self.readout!r}: set "
+                "readout_skip=0"
             )
         self.readout_state_weight = float(config["readout_state_weight"])  # only beside the skip
         self.readout_skip_exponent = float(config["readout_skip_exponent"])
@@ -322,6 +326,12 @@ class CLLM4Rec(GeneralRecommender):
         if self.readout == "attention":
             # the learned query of attention pooling; zero = mean pooling at the start
             self.readout_query = nn.Parameter(torch.zeros(dim))
+        if self.readout_queries:
+            # k query tokens after every recommendation prompt, each starting as the prompt's last word
+            words = self.tokenizer(re.sub(r"\{\w+\}", " ", config["recommendation_prompt"]))["input_ids"]
+            table = word_embeddings.weight.detach().float()
+            start = table[words[-1:]] if words else table.mean(0, keepdim=True)
+            self.readout_query_tokens = nn.Parameter(start.repeat(self.readout_queries, 1))
         # an item bias in the head: always with the standardized head, optional with the tied one
         self.has_item_bias = self.standardized_head or bool(config["item_bias"])
         if self.has_item_bias:
@@ -528,6 +538,8 @@ class CLLM4Rec(GeneralRecommender):
             extra.append(self.output_item_emb.weight)
         if self.readout == "attention":
             extra.append(self.readout_query)
+        if self.readout_queries:
+            extra.append(self.readout_query_tokens)
         if self.deep_prompt_tokens:
             extra.append(self.deep_prompts)
         return [table.weight for table in self.id_tables()] + extra + self.backbone_parameters()
@@ -640,7 +652,17 @@ class CLLM4Rec(GeneralRecommender):
         add what the LM makes of the prompt.
         """
         embeds = self.embed(ids, "collaborative")
-        states = self.readout_states(self.hidden_states(ids, length, "collaborative", embeds), ids, length)
+        if self.readout_queries:  # the query tokens go after each prompt; the LM reads them last
+            k = self.readout_queries
+            rows = torch.arange(len(ids), device=ids.device)[:, None].expand(-1, k)
+            at = length[:, None] + torch.arange(k, device=ids.device)
+            queries = self.readout_query_tokens.to(embeds.dtype).expand(len(ids), -1, -1)
+            read_embeds = F.pad(embeds, (0, 0, 0, k)).index_put((rows, at), queries)
+            read_ids, read_length = F.pad(ids, (0, k)), length + k  # id 0 is a word: never an ID token
+        else:
+            read_embeds, read_ids, read_length = embeds, ids, length
+        hidden = self.hidden_states(read_ids, read_length, "collaborative", read_embeds)
+        states = self.readout_states(hidden, read_ids, read_length)
         if not self.readout_skip:
             return states
         # the skip pools the item tokens only: a word's embedding is the same in every prompt
@@ -678,11 +700,15 @@ class CLLM4Rec(GeneralRecommender):
         users, and a long prompt dilutes them further; pooling keeps the ID tokens' own states,
         which still carry their embeddings through the residual stream: ``mean`` over the document,
         ``items`` over the visible item tokens and the last token, ``attention`` a softmax over the
-        document's positions with a learned query (mean pooling at initialization).
+        document's positions with a learned query (mean pooling at initialization), ``queries`` the
+        mean over ``readout_queries`` trainable tokens that ``prompt_states`` appends to the prompt.
         """
         rows = torch.arange(len(length), device=ids.device)
         if self.readout == "last":
             return hidden[rows, length - 1]
+        if self.readout == "queries":  # the prompt's last k positions hold the query tokens
+            at = length[:, None] - self.readout_queries + torch.arange(self.readout_queries, device=ids.device)
+            return hidden[rows[:, None], at].mean(dim=1)
         positions = torch.arange(ids.shape[1], device=ids.device)[None, :]
         inside = positions < length[:, None]
         if self.readout == "attention":
