@@ -25,6 +25,7 @@ from recbole_cllm4rec.validation import (
     check_benchmark_rows,
     check_config_values,
     check_dataset_files,
+    check_renamed_keys,
     unknown_key_warnings,
 )
 
@@ -101,6 +102,7 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
             torch.distributed.barrier()
     log = logging.getLogger()
     log.info(config)
+    check_renamed_keys(config)
     for warning in unknown_key_warnings(config, PROPERTIES_DIR):
         log.warning(warning)
     check_config_values(config, {**COMMON_RULES, **getattr(get_model(config["model"]), "CONFIG_RULES", {})})

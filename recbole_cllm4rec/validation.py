@@ -100,12 +100,27 @@ def known_keys(properties_dir: str) -> frozenset[str]:
     return frozenset(keys)
 
 
+# keys renamed after they were published: the old name is refused with the new one, never ignored
+RENAMED_KEYS = {"lora_learning_rate": "backbone_learning_rate (it covers every trainable backbone part)"}
+
+
+def given_keys(config) -> set[str]:
+    """The keys the user gave: config files, ``config_dict``, command line."""
+    return {*config.file_config_dict, *config.variable_config_dict, *config.cmd_config_dict}
+
+
+def check_renamed_keys(config) -> None:
+    """Refuse a key that was renamed, naming its new name (a warning would let a run train without it)."""
+    old = sorted(key for key in given_keys(config) if key in RENAMED_KEYS)
+    if old:
+        raise ValueError("; ".join(f"config key {key!r} was renamed: use {RENAMED_KEYS[key]}" for key in old))
+
+
 def unknown_key_warnings(config, properties_dir: str | Path, model_keys=()) -> list[str]:
     """One warning per key the user gave (files, ``config_dict``, command line) that nothing reads."""
     known = known_keys(str(properties_dir)) | set(model_keys)
-    given = {**config.file_config_dict, **config.variable_config_dict, **config.cmd_config_dict}
     warnings = []
-    for key in given:
+    for key in sorted(given_keys(config)):
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

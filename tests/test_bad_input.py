@@ -217,6 +217,11 @@ def test_unknown_keys_warn_with_the_closest_known_key(tiny_data, caplog):
     assert "unknown config key 'llm'" not in caplog.text and "unknown config key 'epochs'" not in caplog.text
 
 
+def test_a_renamed_key_is_refused_with_its_new_name(tiny_data):
+    with pytest.raises(ValueError, match="'lora_learning_rate' was renamed: use backbone_learning_rate"):
+        run_model("CLLM4Rec", "tiny", config_dict=quick(tiny_data, lora_learning_rate=0.01))
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [

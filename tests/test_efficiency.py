@@ -108,6 +108,15 @@ def test_document_lengths_are_the_built_documents_lengths(tiny_data, max_seq_len
     assert longest == max_seq_len if max_seq_len <= 50 else longest < max_seq_len
 
 
+def test_document_lengths_count_the_deep_prompts_and_query_tokens_the_backbone_reads(tiny_data):
+    _, plain, _ = make_model(tiny_data)
+    _, model, _ = make_model(tiny_data, deep_prompt_tokens=3, readout="queries", readout_queries=2)
+    users = torch.arange(1, model.n_users)
+    extra = {"collaborative": 3, "recommendation": 5, "scoring": 5}
+    for stage, more in extra.items():
+        assert (model.document_lengths(stage, users) - plain.document_lengths(stage, users)).tolist() == [more] * len(users)
+
+
 def test_bf16_and_fp32_rank_the_same_top_items(tiny_data):
     top = []
     for dtype in ("float32", "bfloat16"):

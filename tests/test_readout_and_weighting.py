@@ -325,12 +325,28 @@ def test_deep_prompts_are_what_every_block_reads_in_front_and_they_train_and_tra
     config, model, _ = make_model(tiny_data, deep_prompt_tokens=3)
     k, blocks = 3, model.blocks()
     assert model.deep_prompts.shape == (len(blocks), k, model.collaborative_item_emb.embedding_dim)
-    # started at what the blocks read at the prompt's words: block 0 reads their word embeddings
+    # started at what each block reads at the prompt's words (block 0: their word embeddings)
     text = config["recommendation_prompt"].replace("{user}", "").replace("{items}", "")
     words = torch.tensor(model.tokenizer(text)["input_ids"][:k])
     torch.testing.assert_close(model.deep_prompts[0], model.backbone.get_input_embeddings()(words))
+    started = []
+    spies = [b.register_forward_pre_hook(lambda m, args, kwargs: started.append(cllm4rec_module.layer_input(args, kwargs)),
+                                         with_kwargs=True) for b in blocks]  # fmt: skip
+    with torch.no_grad():
+        model.backbone.base_model(input_ids=words[None], use_cache=False)
+    for spy in spies:
+        spy.remove()
+    for index, states in enumerate(started):
+        torch.testing.assert_close(model.deep_prompts[index], states[0].float())
     with torch.no_grad():
         model.deep_prompts.normal_()  # apart from their start, so a block reading anything else shows
+    seen = []
+    spy = blocks[1].register_forward_pre_hook(lambda m, args, kwargs: seen.append(cllm4rec_module.layer_input(args, kwargs)),
+                                              with_kwargs=True)  # fmt: skip
+    with torch.no_grad():  # a bare backbone call carries no slots: the deep prompts leave it alone
+        model.backbone.base_model(input_ids=words[None], use_cache=False)
+    spy.remove()
+    torch.testing.assert_close(seen[0][0].float(), started[1][0].float())
     read = []
     spies = [b.register_forward_pre_hook(lambda m, args, kwargs: read.append(cllm4rec_module.layer_input(args, kwargs)),
                                          with_kwargs=True) for b in blocks]  # fmt: skip
@@ -344,7 +360,7 @@ def test_deep_prompts_are_what_every_block_reads_in_front_and_they_train_and_tra
     assert any(p is model.deep_prompts for p in model.trainable_parameters())
     loss, reg = model.recommendation_loss(torch.tensor([1, 2, 3]))
     (loss + reg).backward()
-    assert model.deep_prompts.grad[-1].abs().sum() > 0
+    assert all(model.deep_prompts.grad[index].abs().sum() > 0 for index in range(len(blocks)))
     _, fresh, _ = make_model(tiny_data, deep_prompt_tokens=3)
     fresh.load_state_dict(model.state_dict())
     model.eval()

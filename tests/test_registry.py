@@ -138,8 +138,11 @@ def test_a_checkpoint_saved_before_a_new_option_loads_with_its_default(tiny_data
 
     result = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data))
     checkpoint = torch.load(result["checkpoint"], weights_only=False)
-    for key in ("readout_skip_exponent", "deep_prompt_tokens", "llm_norm_tuning"):
-        del checkpoint["config"].final_config_dict[key]  # as saved by an older version
+    saved = checkpoint["config"].final_config_dict
+    for key in ("readout_skip_exponent", "deep_prompt_tokens", "llm_norm_tuning", "backbone_learning_rate",
+                "readout_queries"):  # fmt: skip
+        del saved[key]  # as saved by the version before these keys
+    saved["lora_learning_rate"] = None
     old = tmp_path / "old.pth"
     torch.save(checkpoint, old)
     config, model, *_ = load_data_and_model(str(old))

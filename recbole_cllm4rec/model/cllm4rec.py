@@ -515,11 +515,14 @@ class CLLM4Rec(GeneralRecommender):
             for hook in hooks:
                 hook.remove()
         self.deep_prompts = nn.Parameter(torch.stack(seen).float())
+        self._deep_prompt_slots = False  # set by hidden_states while its documents carry the k slots
         for index, block in enumerate(blocks):
             block.register_forward_pre_hook(self._deep_prompt_hook(index), with_kwargs=True)
 
     def _deep_prompt_hook(self, index: int):
         def hook(module, args, kwargs):
+            if not self._deep_prompt_slots:  # a call that did not come through hidden_states: no slots
+                return None
             hidden = layer_input(args, kwargs)
             prompts = self.deep_prompts[index].to(hidden.dtype).expand(len(hidden), -1, -1)
             hidden = torch.cat([prompts, hidden[:, self.deep_prompt_tokens :]], dim=1)
@@ -634,8 +637,12 @@ class CLLM4Rec(GeneralRecommender):
         if k:  # placeholders the blocks' hooks overwrite with the deep prompts
             embeds = torch.cat([embeds.new_zeros(len(ids), k, embeds.shape[-1]), embeds], dim=1)
             attention_mask = torch.cat([attention_mask.new_ones(len(ids), k), attention_mask], dim=1)
-        with self.autocast():
-            out = self.backbone_body(inputs_embeds=embeds, attention_mask=attention_mask.long(), use_cache=False)
+            self._deep_prompt_slots = True
+        try:
+            with self.autocast():
+                out = self.backbone_body(inputs_embeds=embeds, attention_mask=attention_mask.long(), use_cache=False)
+        finally:
+            self._deep_prompt_slots = False
         return out.last_hidden_state[:, k:].float()
 
     def prompt_states(self, ids: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
@@ -806,19 +813,21 @@ class CLLM4Rec(GeneralRecommender):
         return ids[:, : int(length.max())], length, target, hidden
 
     def document_lengths(self, stage: str, units: torch.Tensor) -> torch.Tensor:
-        """Token count of each document a stage builds for ``units`` (content docs or users): packs batches."""
+        """Tokens the backbone reads for each document a stage builds for ``units`` (content docs or
+        users), deep prompts and query tokens included: packs batches."""
         if stage == "content":
-            return self.content_docs.length[units.cpu()]
+            return self.content_docs.length[units.cpu()] + self.deep_prompt_tokens
         n = self.history_len[units]
         if stage == "collaborative":
-            return (len(self.collaborative_prompt) + n).clamp(max=self.max_seq_len)
+            return (len(self.collaborative_prompt) + n).clamp(max=self.max_seq_len) + self.deep_prompt_tokens
         prompt = len(self.recommendation_prefix) + len(self.recommendation_suffix)
+        extra = self.deep_prompt_tokens + self.readout_queries
         if stage == "recommendation":  # the masked share depends on n only
             n = n - (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
-            return prompt + n.clamp(max=self.max_seq_len - prompt)
+            return prompt + n.clamp(max=self.max_seq_len - prompt) + extra
         if stage != "scoring":
             raise ValueError(f"unknown stage {stage!r}")
-        return prompt + n.clamp(max=self.scoring_max_seq_len - prompt)
+        return prompt + n.clamp(max=self.scoring_max_seq_len - prompt) + extra
 
     # ------------------------------------------------------------------ losses
     def own_rows(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
