@@ -275,8 +275,11 @@ def test_max_seq_len_beyond_the_backbone_context_is_refused(tiny_data):
     with pytest.raises(ValueError, match="exceeds the backbone's context"):
         make_model(tiny_data, max_seq_len=4096)
     make_model(tiny_data, max_seq_len=1020, scoring_max_seq_len=1020, deep_prompt_tokens=4)  # the tiny context: 1024
-    with pytest.raises(ValueError, match=r"deep_prompt_tokens=5\) exceeds the backbone's context of 1024"):
+    with pytest.raises(ValueError, match=r"deep_prompt_tokens=5, readout_queries=0\) exceeds the backbone's context of 1024"):
         make_model(tiny_data, max_seq_len=1020, scoring_max_seq_len=1020, deep_prompt_tokens=5)
+    with pytest.raises(ValueError, match=r"deep_prompt_tokens=2, readout_queries=3\) exceeds"):
+        make_model(tiny_data, max_seq_len=1020, scoring_max_seq_len=1020, deep_prompt_tokens=2, readout="queries",
+                   readout_queries=3)  # fmt: skip
 
 
 def test_a_missing_text_field_is_named(tiny_data):
