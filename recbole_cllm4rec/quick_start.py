@@ -167,7 +167,8 @@ def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
     # default keeps the behaviour the checkpoint was trained with)
     defaults = PROPERTIES_DIR / f"{config['model']}.yaml"
     if defaults.is_file():
-        for key, value in (yaml.safe_load(defaults.read_text()) or {}).items():
+        loaded = yaml.load(defaults.read_text(), Loader=config.yaml_loader)  # RecBole's loader: 1e-4 is a float
+        for key, value in (loaded or {}).items():
             if key not in config.final_config_dict:
                 config[key] = value
     if data_path is not None:
