@@ -61,6 +61,12 @@ class SoftHardPrompt:
     def __len__(self) -> int:
         return len(self.static_ids)
 
+    def word_ids(self) -> torch.Tensor:
+        """The template's word tokens, ID slots left out."""
+        keep = torch.ones(len(self.static_ids), dtype=torch.bool)
+        keep[torch.cat([self.user_slots, self.item_slots])] = False
+        return self.static_ids[keep]
+
     def ids(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, len(self)]`` token ids for a batch of users and/or items."""
         batch = len(users) if users is not None else len(items)

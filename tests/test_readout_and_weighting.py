@@ -6,6 +6,13 @@ from conftest import make_model, tiny_config_dict
 import recbole_cllm4rec.model.cllm4rec as cllm4rec_module
 
 
+def prompt_words(model):
+    """The word tokens of a built scoring prompt, in order (its ID tokens left out)."""
+    ids, length, _, _ = model.recommendation_documents(torch.tensor([1]), mask=False)
+    ids = ids[0, : int(length[0])]
+    return ids[ids < model.vocab_size]
+
+
 def prompt_states(model, users):
     ids, length, _, _ = model.recommendation_documents(users, mask=False)
     return ids, length, model.hidden_states(ids, length, "collaborative")
@@ -326,8 +333,7 @@ def test_deep_prompts_are_what_every_block_reads_in_front_and_they_train_and_tra
     k, blocks = 3, model.blocks()
     assert model.deep_prompts.shape == (len(blocks), k, model.collaborative_item_emb.embedding_dim)
     # started at what each block reads at the prompt's words (block 0: their word embeddings)
-    text = config["recommendation_prompt"].replace("{user}", "").replace("{items}", "")
-    words = torch.tensor(model.tokenizer(text)["input_ids"][:k])
+    words = prompt_words(model)[:k]
     torch.testing.assert_close(model.deep_prompts[0], model.backbone.get_input_embeddings()(words))
     started = []
     spies = [b.register_forward_pre_hook(lambda m, args, kwargs: started.append(cllm4rec_module.layer_input(args, kwargs)),
@@ -377,6 +383,8 @@ def test_deep_prompts_are_what_every_block_reads_in_front_and_they_train_and_tra
 def test_query_tokens_readout_is_the_mean_of_the_appended_tokens_states(tiny_data, skip):
     config, model, _ = make_model(tiny_data, readout="queries", readout_queries=2, readout_skip=skip,
                                   readout_state_weight=0.5)  # fmt: skip
+    last_word = model.backbone.get_input_embeddings()(prompt_words(model)[-1:])  # each query starts as it
+    torch.testing.assert_close(model.readout_query_tokens, last_word.expand(2, -1))
     with torch.no_grad():
         model.readout_query_tokens.normal_(std=0.1)  # two different queries
     ids, length, _ = prompt_states(model, torch.tensor([1, 4, 9]))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 from pathlib import Path
 
 import torch
@@ -326,12 +325,6 @@ class CLLM4Rec(GeneralRecommender):
         if self.readout == "attention":
             # the learned query of attention pooling; zero = mean pooling at the start
             self.readout_query = nn.Parameter(torch.zeros(dim))
-        if self.readout_queries:
-            # k query tokens after every recommendation prompt, each starting as the prompt's last word
-            words = self.tokenizer(re.sub(r"\{\w+\}", " ", config["recommendation_prompt"]))["input_ids"]
-            table = word_embeddings.weight.detach().float()
-            start = table[words[-1:]] if words else table.mean(0, keepdim=True)
-            self.readout_query_tokens = nn.Parameter(start.repeat(self.readout_queries, 1))
         # an item bias in the head: always with the standardized head, optional with the tied one
         self.has_item_bias = self.standardized_head or bool(config["item_bias"])
         if self.has_item_bias:
@@ -343,9 +336,6 @@ class CLLM4Rec(GeneralRecommender):
             self.register_buffer("hidden_mean", torch.zeros(dim))
             self.register_buffer("hidden_std", torch.ones(dim))
             self.register_buffer("head_calibrated", torch.tensor(False))
-        # Deep prompts: k trainable vectors in front of every document, at the input of every block.
-        if self.deep_prompt_tokens:
-            self.init_deep_prompts(re.sub(r"\{\w+\}", "", config["recommendation_prompt"]))
         if config["item_init"] == "text" and not config["item_text_template"]:
             raise ValueError("item_init: text needs item_text_template (the text each item starts from)")
 
@@ -359,6 +349,15 @@ class CLLM4Rec(GeneralRecommender):
             raise ValueError("recommendation_prompt must contain {items}")
         self.recommendation_prefix = prompt(before.rstrip())
         self.recommendation_suffix = prompt(after)
+        # the recommendation prompt's word tokens, as the LM reads them (token 0 if it has none): where
+        # the query tokens and the deep prompts start
+        words = torch.cat([self.recommendation_prefix.word_ids(), self.recommendation_suffix.word_ids()])
+        words = words if len(words) else torch.zeros(1, dtype=torch.long)
+        if self.readout_queries:  # k query tokens after every recommendation prompt, each its last word
+            start = word_embeddings.weight[words[-1:]].detach().float()
+            self.readout_query_tokens = nn.Parameter(start.repeat(self.readout_queries, 1))
+        if self.deep_prompt_tokens:  # k vectors in front of every document, at every block's input
+            self.init_deep_prompts(words)
 
         # Training interactions only: the collaborative corpus and the finetuning/scoring histories.
         history = stored_history(dataset, config["seed"])
@@ -497,15 +496,14 @@ class CLLM4Rec(GeneralRecommender):
         return getattr(self.backbone.base_model, block_list_name(self.backbone))
 
     @torch.no_grad()
-    def init_deep_prompts(self, text: str) -> None:
+    def init_deep_prompts(self, words: torch.Tensor) -> None:
         """Deep prompts (P-tuning v2's idea, here as hidden states rather than keys and values): block
         ``l`` reads ``deep_prompts[l]`` at the k positions in front of each document, wherever the
-        previous block left them. They start as what each block reads at the first k tokens of
-        ``text`` (the recommendation prompt's words, repeated if short), so the frozen LM starts from
-        an in-distribution prefix rather than from random states it was never trained on."""
+        previous block left them. They start as what each block reads at the first k of ``words``
+        (token ids; repeated if short), so the frozen LM starts from an in-distribution prefix rather
+        than from random states it was never trained on."""
         k, blocks = self.deep_prompt_tokens, self.blocks()
-        ids = torch.tensor(self.tokenizer(text)["input_ids"] or [0])
-        ids = ids.repeat(-(-k // len(ids)))[:k][None]
+        ids = words.repeat(-(-k // len(words)))[:k][None]
         seen = []
         hooks = [b.register_forward_pre_hook(lambda m, args, kwargs: seen.append(layer_input(args, kwargs)[0]),
                                              with_kwargs=True) for b in blocks]  # fmt: skip
