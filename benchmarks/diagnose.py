@@ -109,13 +109,11 @@ def main(argv: list[str] | None = None) -> str:
     if model.readout_skip:
         lines += ["", f"Test Recall@{args.k} of each part of what the item head reads (item bias kept)", "",
                   "| the head reads | Recall@20 |", "|---|---|"]  # fmt: skip
-        skip, weight = model.readout_skip, model.readout_state_weight
-        # a probe: the skip's weight ~0 (not 0, which would also drop the states' weight), or the states' 0
-        for name, (model.readout_skip, model.readout_state_weight) in (
-            (f"the layers' pooled states (x {weight:g})", (1e-30, weight)), (f"the skip alone (w {skip:g})", (skip, 0.0))
-        ):
+        names = (f"the layers' pooled states (x {model.readout_state_weight:g})", f"the skip alone (w {model.readout_skip:g})")
+        for part, name in enumerate(names):  # the model scoring with one of the two terms it sums
+            model.prompt_states = lambda ids, length, part=part: model.prompt_parts(ids, length)[part]
             lines.append(f"| {name} | {(top_k_hits(model, users, seen, test_sets, args.k, args.batch).sum(1) / n_test).mean():.4f} |")
-        model.readout_skip, model.readout_state_weight = skip, weight
+        del model.prompt_states  # the class's own again
         lines.append(f"| both (the model) | {recall['CLLM4Rec'].mean():.4f} |")
     text = "\n".join(lines)
     print(text)

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> str:
 
     if args.ranks:  # the ridge item-item model truncated to rank r: what an ID table of size r can hold
         lam = float(args.ridge.split(",")[0])
-        values, vectors = np.linalg.eigh(X.T.astype(np.float64) @ X)  # R^T R = V S^2 V^T
+        values, vectors = np.linalg.eigh((X.T @ X).astype(np.float64))  # R^T R = V S^2 V^T (counts: exact in fp32)
         order = np.argsort(-values)
         values, vectors = np.clip(values[order], 0, None), vectors[:, order]
         for rank in args.ranks.split(","):

@@ -43,6 +43,10 @@ def test_readout_pools_the_right_positions(tiny_data, readout):
             w = (states @ model.readout_query / states.shape[1] ** 0.5).softmax(0)
             expected = (w[:, None] * states).sum(0)
         torch.testing.assert_close(got[row], expected, rtol=1e-5, atol=1e-6)
+    # without the skip the head reads the pooled states at weight 1 (the paper), the skip term is 0
+    states_part, skip_part = model.prompt_parts(ids, length)
+    torch.testing.assert_close(states_part, got)
+    assert not skip_part.any()
 
 
 def test_attention_readout_starts_as_mean_pooling_and_trains(tiny_data):
@@ -199,13 +203,16 @@ def test_readout_skip_adds_the_pooled_item_embeddings_scaled_by_the_init_std(tin
     ids, length, hidden = prompt_states(model, users)
     pooled = model.readout_states(hidden, ids, length)
     got = model.prompt_states(ids, length)
+    states_part, skip_part = model.prompt_parts(ids, length)  # the two terms, each as weighted in the sum
     item_offset = model.vocab_size + model.n_users
     for row in range(3):
         history = ids[row, : int(length[row])]
         shown = model.collaborative_item_emb.weight[history[history >= item_offset] - item_offset]
         assert len(shown) > 1  # so the exponent matters
-        expected = state_weight * pooled[row] + 2.0 / config["init_std"] * shown.sum(0) / len(shown) ** exponent
-        torch.testing.assert_close(got[row], expected, rtol=1e-4, atol=1e-5)
+        skip = 2.0 / config["init_std"] * shown.sum(0) / len(shown) ** exponent
+        torch.testing.assert_close(got[row], state_weight * pooled[row] + skip, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(states_part[row], state_weight * pooled[row], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(skip_part[row], skip, rtol=1e-4, atol=1e-5)
     # a prompt without item tokens (a one-item user's masked prompt) gets no skip term
     no_items = ids[:1, :3]
     torch.testing.assert_close(model.prompt_states(no_items, torch.tensor([3])),

@@ -656,6 +656,12 @@ class CLLM4Rec(GeneralRecommender):
         through the layers. The skip carries the embeddings to the head as they are; the layers' states
         add what the LM makes of the prompt.
         """
+        states, skip = self.prompt_parts(ids, length)
+        return states + skip
+
+    def prompt_parts(self, ids: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two terms of ``prompt_states``, each weighted as it enters the sum: the layers' pooled
+        states (x ``readout_state_weight`` beside the skip, x 1 without it) and the skip (0 without it)."""
         embeds = self.embed(ids, "collaborative")
         if self.readout_queries:  # the query tokens go after each prompt; the LM reads them last
             k = self.readout_queries
@@ -669,12 +675,12 @@ class CLLM4Rec(GeneralRecommender):
         hidden = self.hidden_states(read_ids, read_length, "collaborative", read_embeds)
         states = self.readout_states(hidden, read_ids, read_length)
         if not self.readout_skip:
-            return states
+            return states, torch.zeros_like(states)
         # the skip pools the item tokens only: a word's embedding is the same in every prompt
         items = self.item_tokens(ids)
         count = items.sum(1, keepdim=True).clamp(min=1).float()
         pooled = (items[:, :, None] * embeds.float()).sum(1) / count**self.readout_skip_exponent
-        return self.readout_state_weight * states + self.readout_skip / self.init_std * pooled
+        return self.readout_state_weight * states, self.readout_skip / self.init_std * pooled
 
     def mutual_regularization(self, ids: torch.Tensor, side: str, batch_ids: torch.Tensor) -> torch.Tensor:
         """``lambda_c * sum ||e_side - stopgrad(e_other)||^2`` over the ID tokens (with repeats) in ``ids``.
