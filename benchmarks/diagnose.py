@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> str:
                   "| the head reads | Recall@20 |", "|---|---|"]  # fmt: skip
         names = (f"the layers' pooled states (x {model.readout_state_weight:g})", f"the skip alone (w {model.readout_skip:g})")
         for part, name in enumerate(names):  # the model scoring with one of the two terms it sums
-            model.prompt_states = lambda ids, length, part=part: model.prompt_parts(ids, length)[part]
+            model.head_input = lambda ids, length, part=part: model.head_input_parts(ids, length)[part]
             lines.append(f"| {name} | {(top_k_hits(model, users, seen, test_sets, args.k, args.batch).sum(1) / n_test).mean():.4f} |")
-        del model.prompt_states  # the class's own again
+        del model.head_input  # the class's own again
         lines.append(f"| both (the model) | {recall['CLLM4Rec'].mean():.4f} |")
     text = "\n".join(lines)
     print(text)

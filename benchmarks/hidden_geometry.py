@@ -6,7 +6,7 @@ CLLM4Rec's item head scores items with the last hidden state of
 ``{user} has interacted with <items>, {user} will interact with``. With a frozen LM that state is
 mostly a component shared by every user; this measures, at initialisation, its size next to what
 varies between users, the mean cosine between users' states, and how far swapping the user token
-moves the state (what the item head has to work with, and why ``item_head: standardized`` exists).
+moves the state (what the item head has to work with).
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def measure(dataset: str, layers: int | None, n_users: int, extra: dict, pretrai
     init_seed(config["seed"], config["reproducibility"])
     train, _, _ = data_preparation(config, create_dataset(config))
     model = CLLM4Rec(config, train.dataset).eval()
-    users = torch.nonzero(model.history_len > 0).squeeze(1)[:n_users]
+    users = torch.nonzero(model.documents.history_len > 0).squeeze(1)[:n_users]
     with torch.no_grad():
-        ids, length, _, _ = model.recommendation_documents(users, mask=False)
+        ids, length, _, _ = model.documents.recommendation(users, mask=False)
         rows = torch.arange(len(users))
         last = model.hidden_states(ids, length, "collaborative")[rows, length - 1]
         shared = last.mean(dim=0)
@@ -46,8 +46,8 @@ def measure(dataset: str, layers: int | None, n_users: int, extra: dict, pretrai
         # the same prompts with every user token replaced by another user's
         other = users.roll(1)
         swapped = ids.clone()
-        is_user = (ids >= model.vocab_size) & (ids < model.vocab_size + model.n_users)
-        swapped[is_user] = (model.vocab_size + other[:, None].expand_as(ids))[is_user]
+        is_user = model.layout.is_user(ids)
+        swapped[is_user] = model.layout.user_tokens(other[:, None].expand_as(ids))[is_user]
         moved = model.hidden_states(swapped, length, "collaborative")[rows, length - 1]
     n_layers = len(model.backbone.base_model.layers)
     return [

@@ -1,12 +1,11 @@
 """How much of the ID tables' collaborative structure reaches CLLM4Rec's item head, at initialization.
 
     python benchmarks/id_signal.py --dataset=ml-100k
-    python benchmarks/id_signal.py --dataset=amazon-beauty-paper --data_path=../shared/datasets --ridge=100,250,500
     python benchmarks/id_signal.py --dataset=amazon-beauty-paper --data_path=../shared/datasets --ridge=100 --ranks=576,1152,2304,full
 
 Validation Recall@20 (training items masked, as RecBole ranks for validation) of, on one split:
 linear item-item models of the training matrix (EASE; the ID tables themselves, a history's mean item
-embedding . each item, for ``item_init`` svd and ridge), and the untrained model whose prompts go
+embedding . each item, for ``item_init: svd``), the ridge item-item model truncated to a rank (``--ranks``), and the untrained model whose prompts go
 through the first 0..``llm_layers`` frozen layers (item bias zeroed, so only what the layers pass on
 ranks), and the untrained model with the skip (``readout_skip``), its states weighted 1, 0.3, 0.1
 (``readout_state_weight``). Prints a Markdown table.
@@ -37,8 +36,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--ease", default="100,250,500", help="EASE reg_weight values")
-    parser.add_argument("--ridge", default="250", help="init_ridge values of item_init: ridge")
-    parser.add_argument("--ranks", default="", help="ranks of the ridge item-item model (init_ridge: the first --ridge) "
+    parser.add_argument("--ridge", type=float, default=250.0, help="lambda of the ridge item-item model of --ranks")
+    parser.add_argument("--ranks", default="", help="ranks of the ridge item-item model (lambda --ridge) "
                         "to show what the hidden size costs, e.g. 576,1152,2304,full")
     parser.add_argument("--linear_only", action="store_true", help="only the linear models (EASE, ridge ranks, the tables)")
     parser.add_argument("--layers", type=int, default=4)
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> str:
         rows.append((f"EASE, reg_weight {reg:g}", recall_at(ease.interaction_matrix[users] @ ease.item_similarity, seen, truth)))
 
     if args.ranks:  # the ridge item-item model truncated to rank r: what an ID table of size r can hold
-        lam = float(args.ridge.split(",")[0])
+        lam = args.ridge
         values, vectors = np.linalg.eigh((X.T @ X).astype(np.float64))  # R^T R = V S^2 V^T (counts: exact in fp32)
         order = np.argsort(-values)
         values, vectors = np.clip(values[order], 0, None), vectors[:, order]
@@ -94,16 +93,11 @@ def main(argv: list[str] | None = None) -> str:
                 model.item_bias.weight.zero_()
         return model
 
-    inits = [("svd", None)] + [("ridge", float(r)) for r in args.ridge.split(",")]
-    for init, ridge in inits:
-        model = untrained(item_init=init, init_ridge=ridge, readout="items", readout_skip=0.0)
-        items = model.collaborative_item_emb.weight.detach().numpy()
-        label = f"item_init {init}" + (f", init_ridge {ridge:g}" if ridge else "")
-        rows.append((f"{label}: the tables alone (mean item embedding . item)", recall_at(X[users] @ items @ items.T, seen, truth)))
-
+    model = untrained(item_init="svd", readout="items", readout_skip=0.0)
+    items = model.collaborative_item_emb.weight.detach().numpy()
+    rows.append(("item_init svd: the tables alone (mean item embedding . item)", recall_at(X[users] @ items @ items.T, seen, truth)))
     if args.linear_only:
         return report(args.dataset, len(users), rows)
-    model = untrained(item_init="svd", init_ridge=None, readout="items", readout_skip=0.0)
     body = model.backbone.base_model
     all_layers = body.layers
     model.eval()
@@ -119,13 +113,11 @@ def main(argv: list[str] | None = None) -> str:
     body.layers = all_layers
 
     # with the skip: what the head reads at the start of finetuning, the states weighted against it
-    for init, ridge in inits:
-        for weight in (1.0, 0.3, 0.1):
-            model = untrained(item_init=init, init_ridge=ridge, readout="items", readout_skip=args.skip, readout_state_weight=weight)
-            with torch.no_grad():
-                scores = model.full_sort_predict({model.USER_ID: torch.from_numpy(users)}).numpy()
-            label = f"item_init {init}" + (f" ({ridge:g})" if ridge else "")
-            rows.append((f"{label}, untrained model through {args.layers} frozen layers, readout items + skip (w {args.skip:g}), states x {weight:g}, no item bias", recall_at(scores, seen, truth)))
+    for weight in (1.0, 0.3, 0.1):
+        model = untrained(item_init="svd", readout="items", readout_skip=args.skip, readout_state_weight=weight)
+        with torch.no_grad():
+            scores = model.full_sort_predict({model.USER_ID: torch.from_numpy(users)}).numpy()
+        rows.append((f"item_init svd, untrained model through {args.layers} frozen layers, readout items + skip (w {args.skip:g}), states x {weight:g}, no item bias", recall_at(scores, seen, truth)))
 
     return report(args.dataset, len(users), rows)
 

@@ -80,13 +80,11 @@ VARIANTS: dict[str, dict] = {
     "CLLM4Rec-no-text": {"item_text_template": None, "user_text_template": None},
     "CLLM4Rec-random-llm": {"llm_pretrained": False},
     "CLLM4Rec-masked-target": {"visible_target_weight": 0.0},
-    "CLLM4Rec-text-init": {"item_init": "text"},
     "CLLM4Rec-random-init": {"item_init": "random"},
     "CLLM4Rec-last-token": {"readout": "last", "readout_skip": 0.0},
     "CLLM4Rec-no-skip": {"readout_skip": 0.0},
     "CLLM4Rec-dropout": {"llm_dropout": 0.1},
     "CLLM4Rec-no-pretraining": {"content_warmup_epochs": 0, "pretrain_epochs": 0, "lambda_c": 0.0},
-    "CLLM4Rec-standardized-head": {"item_head": "standardized"},
     "CLLM4Rec-mask-0.5": {"mask_ratio": 0.5},
 }  # fmt: skip
 METRICS = ["recall@20", "recall@40", "ndcg@100", "paperrecall@20", "paperrecall@40"]

@@ -98,7 +98,7 @@ def measure(trainer: CLLM4RecTrainer, stage: str, n_batches: int, eval_users: in
             continue  # warm-up
         elapsed += time.perf_counter() - start
         if stage == "scoring":  # the packs full_sort_predict forms inside one RecBole batch
-            batch_lengths = model.document_lengths("scoring", batch.to(device)).cpu()
+            batch_lengths = model.documents.lengths("scoring", batch.to(device)).cpu()
             packs = [batch_lengths[p] for p in token_budget_batches(batch_lengths, model.eval_batch_tokens, shuffle=False)]
         else:
             packs = [lengths[position[batch]]]

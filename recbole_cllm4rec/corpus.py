@@ -1,10 +1,10 @@
 """CLLM4Rec's documents as token-id tensors, built once per dataset and backbone.
 
 A document is a soft+hard prompt (words plus user/item ID tokens) followed by a homogeneous main
-text: item tokens (collaborative LM) or words (content LM). ID tokens extend the LM vocabulary:
-user ``u`` is id ``V + u`` and item ``i`` is id ``V + U + i`` (``V`` word rows, ``U`` users,
-RecBole's internal ids). Words are tokenized here and only here; past this module everything is a
-tensor.
+text: item tokens (collaborative LM) or words (content LM). ID tokens extend the LM vocabulary
+(``IdLayout``, the one owner of that arithmetic). Words are tokenized here and only here; past this
+module everything is a tensor. ``Documents`` builds every document a stage reads and owns their
+lengths, so token-budget packing counts exactly what the builders make.
 """
 from __future__ import annotations
 
@@ -19,10 +19,45 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
 _SLOT = re.compile(r"(\{user\}|\{item\}|\{items\})")
+
+
+@dataclass(frozen=True)
+class IdLayout:
+    """The extended vocabulary: words ``0 .. V-1``, user ``u`` at ``V + u``, item ``i`` at ``V + U + i``
+    (``V`` word rows, ``U`` users, RecBole's internal ids; id 0 is padding on both sides)."""
+
+    vocab_size: int
+    n_users: int
+    n_items: int
+
+    def user_tokens(self, users: torch.Tensor) -> torch.Tensor:
+        return self.vocab_size + users
+
+    def item_tokens(self, items: torch.Tensor) -> torch.Tensor:
+        return self.vocab_size + self.n_users + items
+
+    def is_id(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids >= self.vocab_size
+
+    def is_user(self, ids: torch.Tensor) -> torch.Tensor:
+        return (ids >= self.vocab_size) & (ids < self.vocab_size + self.n_users)
+
+    def is_item(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids >= self.vocab_size + self.n_users
+
+    def id_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of ID tokens ``ids`` in the stacked ``[users; items]`` table."""
+        return ids - self.vocab_size
+
+    def split(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(word, user, item) indices of every position, each clamped into its own table's range."""
+        v, u = self.vocab_size, self.n_users
+        return ids.clamp(max=v - 1), (ids - v).clamp(0, u - 1), (ids - v - u).clamp(0, self.n_items - 1)
 
 
 class SoftHardPrompt:
@@ -33,12 +68,11 @@ class SoftHardPrompt:
     of its own). ``ids(users=..., items=...)`` fills the ID slots for a whole batch at once.
     """
 
-    def __init__(self, template: str, tokenizer, vocab_size: int, n_users: int) -> None:
+    def __init__(self, template: str, tokenizer, layout: IdLayout) -> None:
         if "{items}" in template:
             raise ValueError(f"{template!r}: split templates at {{items}} before building a prompt")
         self.template = template
-        self.user_offset = vocab_size
-        self.item_offset = vocab_size + n_users
+        self.layout = layout
         pieces = [p for p in _SLOT.split(template) if p]
         ids: list[int] = []
         user_slots: list[int] = []
@@ -61,20 +95,14 @@ class SoftHardPrompt:
     def __len__(self) -> int:
         return len(self.static_ids)
 
-    def word_ids(self) -> torch.Tensor:
-        """The template's word tokens, ID slots left out."""
-        keep = torch.ones(len(self.static_ids), dtype=torch.bool)
-        keep[torch.cat([self.user_slots, self.item_slots])] = False
-        return self.static_ids[keep]
-
     def ids(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, len(self)]`` token ids for a batch of users and/or items."""
         batch = len(users) if users is not None else len(items)
         out = self.static_ids.to((users if users is not None else items).device).repeat(batch, 1)
         if len(self.user_slots):
-            out[:, self.user_slots.to(out.device)] = self.user_offset + users[:, None]
+            out[:, self.user_slots.to(out.device)] = self.layout.user_tokens(users[:, None])
         if len(self.item_slots):
-            out[:, self.item_slots.to(out.device)] = self.item_offset + items[:, None]
+            out[:, self.item_slots.to(out.device)] = self.layout.item_tokens(items[:, None])
         return out
 
 
@@ -176,6 +204,14 @@ def field_texts(dataset, source: str, template: str) -> list[str]:
         frame = read_atomic_columns(atomic_file(dataset, source), [id_field] + fields)
     except (FileNotFoundError, ValueError) as exc:
         raise ValueError(f"{source}_text_template {template!r}: {exc}") from exc
+    repeated = frame[id_field][frame[id_field].duplicated(keep=False)]
+    if len(repeated):
+        first = repeated.iloc[0]
+        lines = (repeated.index[repeated == first] + 2).tolist()  # 1-based, after the header
+        raise ValueError(
+            f"{atomic_file(dataset, source).name}: {repeated.nunique()} {id_field} value(s) have more than one row, "
+            f"e.g. {first!r} on lines {', '.join(map(str, lines))}: keep one row per {source} (which text is meant?)"
+        )
     texts = [""] * dataset.num(id_field)
     ids = internal_ids(dataset, id_field, frame[id_field])
     for row, values in zip(ids.tolist(), frame[fields].itertuples(index=False)):
@@ -284,3 +320,135 @@ def cached_content_documents(
     os.replace(tmp, path)
     logger.info("content corpus: %d documents tokenized and cached in %s", len(docs), path)
     return docs
+
+
+def stored_history(dataset, seed: int) -> torch.Tensor:
+    """Each user's training items ``[n_users, max_len]`` (0-padded), without repeats, most recent first.
+
+    Most recent by the dataset's time field when it has one (a re-interaction counts at its latest
+    time; equal times in the order RecBole gives under ``seed``), otherwise a random order drawn from
+    ``seed``. Where a prompt has room for only part of a history, it shows the first items: at scoring the most recent ones (or a random subset, like
+    the subsets finetuning shows), never an order RecBole happened to produce.
+    """
+    # RecBole shuffles the interactions before it builds the matrix (torch's global RNG): the order of
+    # items with equal times came from whatever had drawn before (a first run's backbone conversion did)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if dataset.time_field and dataset.time_field in dataset.inter_feat:
+            items, keys, _ = dataset.history_item_matrix(value_field=dataset.time_field)  # one call: aligned
+            items, keys = items.long(), keys.double()
+        else:
+            items = dataset.history_item_matrix()[0].long()
+            keys = torch.rand(items.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    keys = keys.masked_fill(items == 0, float("-inf"))
+    order = keys.argsort(dim=1, descending=True, stable=True)  # most recent first, padding last
+    items = items.gather(1, order)
+    # drop repeats, keeping each item's first (most recent) place
+    sentinel = int(items.max()) + 1
+    by_item = torch.where(items > 0, items, sentinel).sort(dim=1, stable=True)
+    repeat_sorted = torch.zeros_like(items, dtype=torch.bool)
+    repeat_sorted[:, 1:] = by_item.values[:, 1:] == by_item.values[:, :-1]
+    repeat = torch.zeros_like(repeat_sorted).scatter_(1, by_item.indices, repeat_sorted)
+    items = items.masked_fill(repeat, 0)
+    keep_order = (items == 0).long().argsort(dim=1, stable=True)  # compact: items first, in order
+    return items.gather(1, keep_order)
+
+
+class Documents(nn.Module):
+    """Every document CLLM4Rec reads, built from the training histories, and their lengths.
+
+    Stages: ``collaborative`` (``{user} has interacted with item_a item_b ...``), ``recommendation``
+    (finetuning: ``{user} has interacted with <visible>, {user} will interact with`` with a share of
+    the history hidden), ``scoring`` (the same prompt over the whole stored history) and ``content``
+    (the tokenized text documents). ``item_counts`` is the one masking and truncation rule: the
+    builders and ``lengths`` both read it. A module so the histories move with the model's device.
+    """
+
+    def __init__(self, config, layout: IdLayout, tokenizer, history: torch.Tensor, content: ContentDocuments) -> None:
+        super().__init__()
+        self.layout, self.pad_token_id, self.content = layout, tokenizer.pad_token_id, content
+        self.max_seq_len = config["max_seq_len"]
+        # scoring is forward-only: it can afford to show more of a long history than training does
+        self.scoring_max_seq_len = config["scoring_max_seq_len"] or self.max_seq_len
+        self.mask_ratio = config["mask_ratio"]
+        self.item_reorder = config["item_reorder"]
+        self.collaborative_prompt = SoftHardPrompt(config["collaborative_prompt"], tokenizer, layout)
+        before, sep, after = config["recommendation_prompt"].partition("{items}")
+        if not sep:
+            raise ValueError("recommendation_prompt must contain {items}")
+        self.recommendation_prefix = SoftHardPrompt(before.rstrip(), tokenizer, layout)
+        self.recommendation_suffix = SoftHardPrompt(after, tokenizer, layout)
+        if self.prompt_length("recommendation") >= min(self.max_seq_len, self.scoring_max_seq_len):
+            raise ValueError(f"max_seq_len={self.max_seq_len} leaves no room for items in recommendation_prompt")
+        self.register_buffer("history_items", history, persistent=False)
+        self.register_buffer("history_len", (history > 0).sum(dim=1), persistent=False)
+
+    def prompt_length(self, stage: str) -> int:
+        """Word and ID tokens around the items of a stage's documents."""
+        if stage == "collaborative":
+            return len(self.collaborative_prompt)
+        return len(self.recommendation_prefix) + len(self.recommendation_suffix)
+
+    def item_counts(self, stage: str, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden, shown) items of documents over histories of ``n`` items: finetuning hides
+        ``max(1, floor(mask_ratio * n))``; every stage shows at most what its length cap leaves."""
+        if stage not in ("collaborative", "recommendation", "scoring"):
+            raise ValueError(f"unknown stage {stage!r}")
+        hidden = torch.zeros_like(n)
+        if stage == "recommendation":
+            hidden = (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
+        cap = self.scoring_max_seq_len if stage == "scoring" else self.max_seq_len
+        return hidden, (n - hidden).clamp(max=cap - self.prompt_length(stage))
+
+    def lengths(self, stage: str, units: torch.Tensor) -> torch.Tensor:
+        """Tokens the backbone reads for each document of a stage (``units``: content docs or users)."""
+        if stage == "content":
+            return self.content.length[units.cpu()]
+        return self.prompt_length(stage) + self.item_counts(stage, self.history_len[units])[1]
+
+    def history(self, users: torch.Tensor, shuffle: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded training items of ``users`` (optionally in a random order per user) and their counts."""
+        n = self.history_len[users]
+        items = self.history_items[users][:, : int(n.max()) if len(n) else 0]
+        if shuffle and items.shape[1] > 1:
+            keys = torch.rand(items.shape, device=items.device)
+            keys[items == 0] = 2.0  # padding stays at the end
+            items = items.gather(1, keys.argsort(dim=1))
+        return items, n
+
+    def collaborative(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ids, lengths and shown items of ``{user} has interacted with item_a item_b ...`` (stochastic
+        item reordering with ``item_reorder``)."""
+        items, n = self.history(users, shuffle=self.item_reorder)
+        _, shown = self.item_counts("collaborative", n)
+        items = items[:, : int(shown.max()) if len(shown) else 0]  # histories are compact: the first `shown`
+        item_tokens = torch.where(items > 0, self.layout.item_tokens(items), self.pad_token_id)
+        prompt = self.collaborative_prompt.ids(users=users)
+        return torch.cat([prompt, item_tokens], dim=1), prompt.shape[1] + shown, items
+
+    def recommendation(self, users: torch.Tensor, mask: bool):
+        """``{user} has interacted with <visible>, {user} will interact with`` and the finetuning targets.
+
+        With ``mask`` (stage ``recommendation``) the history is shuffled and its first
+        ``item_counts`` hidden items are not shown; otherwise (``scoring``) every item is shown in
+        stored order (most recent first). Items beyond the length cap are not shown either. Returns
+        ids, lengths and, with ``mask``, the targets ``[B, W]`` (every training item, 0 = none) and
+        which of them the prompt does not show (else ``None, None``).
+        """
+        items, n = self.history(users, shuffle=mask)
+        n_hidden, n_visible = self.item_counts("recommendation" if mask else "scoring", n)
+        # visible items: drop the hidden ones (they come first after shuffling), keep n_visible
+        visible_rank = torch.arange(items.shape[1], device=items.device)[None, :] - n_hidden[:, None]
+        take = (visible_rank >= 0) & (visible_rank < n_visible[:, None])
+        body = torch.full((len(users), int(n_visible.max()) if len(users) else 0), self.pad_token_id,
+                          dtype=torch.long, device=items.device)  # fmt: skip
+        rows, cols = take.nonzero(as_tuple=True)
+        body[rows, visible_rank[rows, cols]] = self.layout.item_tokens(items[rows, cols])
+        prefix = self.recommendation_prefix.ids(users=users)
+        suffix = self.recommendation_suffix.ids(users=users)
+        ids = torch.cat([prefix, body, torch.full_like(suffix, self.pad_token_id)], dim=1)
+        suffix_at = prefix.shape[1] + n_visible[:, None] + torch.arange(suffix.shape[1], device=ids.device)
+        ids.scatter_(1, suffix_at, suffix)
+        length = prefix.shape[1] + n_visible + suffix.shape[1]
+        target, masked = (items, ~take & (items > 0)) if mask else (None, None)
+        return ids[:, : int(length.max())], length, target, masked

@@ -23,9 +23,12 @@ from recbole_cllm4rec.trainer import latest_resume_point, load_checkpoint
 from recbole_cllm4rec.validation import (
     COMMON_RULES,
     check_benchmark_rows,
+    check_config_files,
     check_config_values,
     check_dataset_files,
+    check_hyper_file,
     check_renamed_keys,
+    check_retired_options,
     unknown_key_warnings,
 )
 
@@ -86,8 +89,29 @@ def split_fingerprint(*datasets) -> str:
     return digest.hexdigest()[:12]
 
 
+def cold_start_lines(train, valid, test) -> list[str]:
+    """How many evaluation users and items never occur in training: a model has only priors for them
+    (CLLM4Rec: a cold user's prompt holds no items, a cold item is ranked by its bias alone, the same
+    for every such item), so a pre-split dataset full of them measures something else."""
+    seen_users = set(train.inter_feat[train.uid_field].tolist())
+    seen_items = set(train.inter_feat[train.iid_field].tolist())
+    lines = []
+    for name, part in (("validation", valid), ("test", test)):
+        users = set(part.inter_feat[part.uid_field].tolist())
+        items = part.inter_feat[part.iid_field].tolist()
+        cold_users, cold_rows = users - seen_users, sum(i not in seen_items for i in items)
+        if cold_users or cold_rows:
+            lines.append(
+                f"{name}: {len(cold_users)} of {len(users)} users have no training interactions, {cold_rows} of "
+                f"{len(items)} interactions are of {len(set(items) - seen_items)} items never seen in training "
+                "(a model has only its priors for them; CLLM4Rec scores such items by their bias alone, all alike)"
+            )
+    return lines
+
+
 def run_model(model: str, dataset: str, config_file_list=None, config_dict=None, saved: bool = True) -> dict:
     """Train and test one model; returns metrics, timings and the split fingerprint."""
+    check_config_files(config_file_list)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     # absolute: checkpoints record it, and they are loaded from other folders
     config["data_path"] = os.path.abspath(config["data_path"])
@@ -101,11 +125,14 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
                 init_run_logger(config)
             torch.distributed.barrier()
     log = logging.getLogger()
+    check_renamed_keys(config)  # refusals first: the one line is all a refused run prints
+    check_retired_options(config)
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    rules = {**COMMON_RULES, **getattr(get_model(config["model"]), "CONFIG_RULES", {})}
+    check_config_values(config, {**rules, **getattr(trainer_class, "CONFIG_RULES", {})})
     log.info(config)
-    check_renamed_keys(config)
     for warning in unknown_key_warnings(config, PROPERTIES_DIR):
         log.warning(warning)
-    check_config_values(config, {**COMMON_RULES, **getattr(get_model(config["model"]), "CONFIG_RULES", {})})
     check_dataset_files(config)
     data = create_dataset(config)
     check_benchmark_rows(data)
@@ -113,11 +140,13 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     log.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     fingerprint = split_fingerprint(train_data.dataset, valid_data.dataset, test_data.dataset)
+    for line in cold_start_lines(train_data.dataset, valid_data.dataset, test_data.dataset):
+        log.warning(line)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_obj = get_model(config["model"])(config, train_data.dataset).to(config["device"])
     log.info(model_obj)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    trainer = trainer_class(config, model_obj)
     trainer.split_fingerprint = fingerprint
     if config["resume"]:
         resume = config["resume"]
@@ -126,13 +155,16 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
         trainer.resume_checkpoint(resume)
 
     start = time()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
-    train_time = time() - start
-    start = time()
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
-    eval_time = time() - start
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+        train_time = time() - start
+        start = time()
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+        eval_time = time() - start
+    finally:
+        getattr(trainer, "release_files", lambda: None)()  # CLLM4Rec's run lock; RecBole's trainers have none
     log.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     log.info(set_color("test result", "yellow") + f": {test_result}")
     if not config["single_spec"]:
@@ -171,6 +203,7 @@ def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
         for key, value in (loaded or {}).items():
             if key not in config.final_config_dict:
                 config[key] = value
+    check_retired_options(config, checkpoint_file)
     if data_path is not None:
         config["data_path"] = os.path.join(os.path.abspath(data_path), config["dataset"])
     if not os.path.isdir(config["data_path"]):
@@ -219,6 +252,7 @@ def run_hyper(model: str, dataset: str, params_file: str, config_file_list=None,
     from recbole.trainer import HyperTuning
 
     check_model_name(model)
+    check_hyper_file(params_file)
     tuner = HyperTuning(
         objective_function(model, dataset, config_dict), params_file=params_file,
         fixed_config_file_list=config_file_list, algo=algo, max_evals=max_evals,

@@ -20,15 +20,21 @@ Checkpoints hold only what trains (the four ID tables, the optimizer) plus stage
 and the backbone's fingerprint. ``<run>.pth`` is the best model (RecBole's), ``<run>-last.pth`` the
 resume point written after every epoch of either stage; both are written atomically, carry a
 checksum of their tensors (verified on every load) and the split fingerprint. File names are
-reserved by exclusive creation, so runs started in the same second never share them. A resume point
-must match the run's model, dataset and split; one of a finished run only re-tests its best model.
+reserved by exclusive creation, so runs started in the same second never share them, and locked
+(``<run>.lock``) from then to the end of the test, so a second process on the same files (two resumes
+of one resume point) is refused. A resume point must match the run's model, dataset and split; one of
+a finished run only re-tests its best model.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import glob
 import hashlib
 import os
 import random
+import shutil
+import socket
 import zlib
 from time import time
 
@@ -41,6 +47,7 @@ from recbole.utils import set_color
 from tqdm import tqdm
 
 from recbole_cllm4rec.corpus import token_budget_batches
+from recbole_cllm4rec.validation import Rule, check_config_values
 
 
 def state_checksum(state_dict: dict) -> str:
@@ -58,8 +65,39 @@ def atomic_save(state: dict, path: str) -> None:
     leaves a half-written checkpoint."""
     state = {**state, "checksum": state_checksum(state["state_dict"])}
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp, pickle_protocol=4)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp, pickle_protocol=4)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as "enforce fail ... unexpected pos"
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        said = " ".join(str(exc).split())[:200]
+        reason = "no space left on its disk" if free < 64 * 2**20 else f"{type(exc).__name__}: {said}"
+        raise OSError(
+            f"could not write {path} ({reason}, {free / 2**20:.0f} MiB free): the previous {os.path.basename(path)} "
+            "is kept as it was; free space and resume with --resume=True"
+        ) from exc
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(best_model_file: str) -> None:
+    """The ``.tmp<pid>`` files a killed process left beside a run's checkpoints (its rename never came)."""
+    stem = best_model_file[: -len(".pth")]
+    for tmp in glob.glob(glob.escape(stem) + "*.pth.tmp*"):
+        pid = tmp.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
 
 
 def load_checkpoint(path: str, device, verify: bool = True) -> dict:
@@ -150,11 +188,38 @@ def reserve_run_file(path: str) -> str:
         candidate = f"{stem}-{k}.pth" if k else path
         if not os.path.exists(candidate[: -len(".pth")] + "-last.pth"):
             try:
-                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
                 return candidate
             except FileExistsError:
                 pass
         k += 1
+
+
+def lock_run_files(best_model_file: str) -> str:
+    """Hold ``<run>.lock`` while a process trains or tests a run's files: two resumes of one resume
+    point would write and test the same best model and report each other's results. A lock whose
+    process is gone (killed) on this host is taken over; returns the lock's path."""
+    lock = best_model_file[: -len(".pth")] + ".lock"
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid, host = open(lock).read().split()
+            except (OSError, ValueError):
+                pid, host = "0", socket.gethostname()  # unreadable or half-written: its writer died
+            if host == socket.gethostname() and not process_alive(int(pid)):
+                os.remove(lock)
+                continue
+            raise RuntimeError(
+                f"{best_model_file} is in use by another run (process {pid} on {host}): wait for it to finish; "
+                f"if no such run is going, remove {lock}"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return lock
+    raise RuntimeError(f"could not lock {lock}")
 
 
 class _WithoutDDP(AbstractTrainer):
@@ -169,14 +234,23 @@ class _WithoutDDP(AbstractTrainer):
 
 
 class CLLM4RecTrainer(Trainer, _WithoutDDP):
+    # the schedule's keys of properties/CLLM4Rec.yaml (the model's are CLLM4Rec.CONFIG_RULES)
+    CONFIG_RULES = {
+        "content_warmup_epochs": Rule(int, low=0),
+        "pretrain_epochs": Rule(int, low=0),
+        "pretrain_learning_rate": Rule(float, low=0),
+        "learning_rate_decay": Rule(float, low=0, high=1),
+        "finetune_content": Rule(bool),
+    }
+
     def __init__(self, config, model):
+        check_config_values(config, self.CONFIG_RULES)
         distributed = not config["single_spec"]
         # RecBole's ensure_dir checks, then creates: ranks would race on it
         os.makedirs(config["checkpoint_dir"], exist_ok=True)
         super().__init__(config, model)
         self.rank = dist.get_rank() if distributed else 0
         self.world = dist.get_world_size() if distributed else 1
-        model.shard = (self.rank, self.world)
         self.loss_history: list[tuple[str, str, int, float, float]] = []  # (phase, stage, epoch, loss, reg)
         self.stage_seconds: dict[str, float] = {}  # wall time per "phase/stage", summed over epochs
         self.valid_history: list[dict] = []  # validation metrics after each finetuning epoch (the curve)
@@ -186,7 +260,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         self.finetune_content = config["finetune_content"]
         self.learning_rate_decay = config["learning_rate_decay"]
         # users with at least one training item: the collaborative and recommendation documents
-        self.train_users = torch.nonzero(model.history_len > 0).squeeze(1).cpu()
+        self.train_users = torch.nonzero(model.documents.history_len > 0).squeeze(1).cpu()
         self.split_fingerprint: str | None = None  # set by the runner: stored in checkpoints, checked on resume
         self.finished = False  # a resumed run that had already finished: fit only re-tests it
         self.last_epoch = -1  # the last finetuning epoch validated (and saved as the resume point)
@@ -194,6 +268,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         self.pretrain_optimizer = self._build_optimizer(learning_rate=self.pretrain_learning_rate)
         self.pretrain_start = 0  # pretraining epochs already done (warm-up included), set by resume
         self.finetuning = False
+        self.lock_file: str | None = None  # held from the files' reservation (or the resume) to the test
         if self.world > 1:
             # one run, one starting point (rank 0's ID tables)
             for parameter in model.trainable_parameters():
@@ -206,11 +281,25 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
 
     # ------------------------------------------------------------------ checkpoints
     def _reserve_files(self) -> None:
-        """One run, one set of files: rank 0 reserves the names, every rank uses them."""
+        """One run, one set of files: rank 0 reserves the names (and locks them), every rank uses them."""
         names = [reserve_run_file(self.saved_model_file) if self.rank == 0 else None]
         if self.world > 1:
             dist.broadcast_object_list(names, src=0)
         self.saved_model_file = names[0]
+        self._lock_files()
+
+    def _lock_files(self) -> None:
+        if self.rank == 0 and self.lock_file is None:
+            self.lock_file = lock_run_files(self.saved_model_file)
+            atexit.register(self.release_files)
+            remove_stale_temporaries(self.saved_model_file)  # only a process holding the lock may
+
+    def release_files(self) -> None:
+        """Let other processes use this run's files (after its test): the lock goes."""
+        if self.lock_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.lock_file)
+            self.lock_file = None
 
     def _state(self, epoch: int, optimizer) -> dict:
         return {
@@ -260,6 +349,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         self.model.load_state_dict(checkpoint["state_dict"])  # refuses another backbone
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.saved_model_file = checkpoint["best_model_file"]
+        self._lock_files()  # refuses a second process on the same run
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint["best_valid_result"]
@@ -288,14 +378,15 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
     # ------------------------------------------------------------------ one pass over a corpus
     def stage_documents(self, stage: str, regularize: bool = True):
         """(document units, their token counts, the loss step) of a stage: content docs or training users."""
-        model = self.model
+        model, shard = self.model, (self.rank, self.world)
         if stage == "content":
-            units = torch.arange(len(model.content_docs))
-            step = lambda batch: model.content_lm_loss(batch, regularize=regularize)  # noqa: E731
+            units = torch.arange(len(model.documents.content))
+            step = lambda batch: model.content_lm_loss(batch, shard, regularize=regularize)  # noqa: E731
         else:
             units = self.train_users
-            step = {"collaborative": model.collaborative_lm_loss, "recommendation": model.recommendation_loss}[stage]
-        return units, model.document_lengths(stage, units.to(self.device)).cpu(), step
+            loss = {"collaborative": model.collaborative_lm_loss, "recommendation": model.recommendation_loss}[stage]
+            step = lambda batch: loss(batch, shard)  # noqa: E731
+        return units, model.documents.lengths(stage, units.to(self.device)).cpu(), step
 
     def stage_batches(self, stage: str, regularize: bool = True):
         """One epoch's batches of a stage (packed to ``train_batch_tokens``) and its loss step."""
@@ -383,7 +474,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         Pretraining epochs are numbered across both phases (warm-up first); a resume point is saved
         after each.
         """
-        has_content = len(self.model.content_docs) > 0
+        has_content = len(self.model.documents.content) > 0
         if not has_content and (self.pretrain_epochs or self.content_warmup_epochs):
             self.logger.warning("no content documents: pretraining runs the collaborative LM only")
         warmup = self.content_warmup_epochs
@@ -408,11 +499,6 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
             self._reserve_files()
         self.pretrain(show_progress=show_progress)
         self.finetuning = True
-        model = self.model
-        if model.standardized_head and not model.head_calibrated:
-            # the same users on every rank: the statistics are identical everywhere
-            model.eval()
-            model.calibrate_item_head(self.train_users[: self.config["head_calibration_users"]].to(self.device))
 
         def after_validation(epoch_idx, valid_score):
             self.last_epoch = epoch_idx
@@ -458,7 +544,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         for group in self.optimizer.param_groups:
             group["lr"] = group.setdefault("base_lr", group["lr"]) * self.learning_rate_decay**epoch_idx
         rec_loss, rec_reg = self._run_pass("recommendation", self.optimizer, epoch_idx, show_progress)
-        if not (self.finetune_content and len(self.model.content_docs)):
+        if not (self.finetune_content and len(self.model.documents.content)):
             return rec_loss + rec_reg
         content_loss, content_reg = self._run_pass("content", self.optimizer, epoch_idx, show_progress)
         return rec_loss + rec_reg, content_loss + content_reg

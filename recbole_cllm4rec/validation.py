@@ -11,6 +11,7 @@ Each problem ends in one line naming the file, key or value and what to do about
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
 import logging
@@ -104,6 +105,57 @@ def known_keys(properties_dir: str) -> frozenset[str]:
 RENAMED_KEYS = {"lora_learning_rate": "backbone_learning_rate (it covers every trainable backbone part)"}
 
 
+# Research options that were tried, not promoted and removed (docs/results.md has their rows): key ->
+# the value that behaves as the code does now (ANY: the key only mattered beside another retired value).
+ANY = object()
+RETIRED_OPTIONS = {
+    "llm_norm_tuning": False,
+    "deep_prompt_tokens": 0,
+    "readout_skip_exponent": 1.0,
+    "item_head": "tied",
+    "init_ridge": ANY,
+    "readout_queries": ANY,
+    "head_calibration_users": ANY,
+}
+RETIRED_CHOICES = {"item_init": ("text", "ridge"), "readout": ("attention", "queries")}
+RETIRED_AT = "ef9cea6"  # the last commit that has them
+
+
+def check_retired_options(values, where: str = "config") -> None:
+    """Refuse a retired research option set to anything but today's behaviour, naming the commit that
+    still runs it (``values``: a config or its dict; ``where``: whose values they are)."""
+    for key, neutral in RETIRED_OPTIONS.items():
+        value = values[key] if key in values else neutral
+        if neutral is not ANY and value != neutral:
+            break
+    else:
+        key = next((k for k, old in RETIRED_CHOICES.items() if k in values and values[k] in old), None)
+        if key is None:
+            return
+        value = values[key]
+    raise ValueError(
+        f"{where}: {key}={value!r} is a research option that was removed after it lost on validation "
+        f"(docs/results.md); commit {RETIRED_AT} still runs it (git checkout {RETIRED_AT})"
+    )
+
+
+def check_config_files(paths) -> None:
+    """Refuse a config file that is missing or is not YAML, naming it (RecBole parses its text, so its
+    own error names neither the file nor, for a missing one, what was meant)."""
+    for path in paths or ():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or exc
+            raise ValueError(f"config file {path}{where}: not valid YAML ({problem})") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+
+
 def given_keys(config) -> set[str]:
     """The keys the user gave: config files, ``config_dict``, command line."""
     return {*config.file_config_dict, *config.variable_config_dict, *config.cmd_config_dict}
@@ -140,6 +192,10 @@ def check_atomic_file(path: Path, separator: str = "\t", key_fields: tuple[str, 
         header = f.readline().rstrip(b"\r\n")
         if not header.strip():
             raise ValueError(f"{path} is empty: an atomic file starts with a header line of field:type columns")
+        if header.startswith(b"\xef\xbb\xbf"):
+            raise ValueError(f"{path} starts with a UTF-8 byte-order mark, which RecBole reads as part of its first "
+                             "field's name: save the file without the BOM")
+        check_utf8(path, 1, header)
         names = [column.split(b":")[0].decode("utf-8", "replace") for column in header.split(sep)]
         columns = [names.index(k) for k in key_fields] if all(k in names for k in key_fields) else []
         bad, keys = [], []
@@ -147,6 +203,7 @@ def check_atomic_file(path: Path, separator: str = "\t", key_fields: tuple[str, 
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
+            check_utf8(path, line_no, line)
             values = line.split(sep)
             if len(values) != len(names):
                 bad.append(f"line {line_no} has {len(values)}")
@@ -159,6 +216,17 @@ def check_atomic_file(path: Path, separator: str = "\t", key_fields: tuple[str, 
             r"Write them as \t and \n (CLLM4Rec turns them back)."
         )
     return keys
+
+
+def check_utf8(path: Path, line_no: int, line: bytes) -> None:
+    """Refuse a line that is not UTF-8, naming the file, the line and the first bad bytes."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: line {line_no} is not UTF-8 text (column {exc.start + 1}: {line[exc.start : exc.start + 4]!r}): "
+            "save the file as UTF-8"
+        ) from None
 
 
 def check_dataset_files(config) -> None:
@@ -216,3 +284,49 @@ def check_benchmark_rows(dataset) -> None:
             "filters off for this dataset (user_inter_num_interval, item_inter_num_interval, val_interval, "
             "filter_inter_by_user_or_item) or filter the files themselves."
         )
+
+
+# ---------------------------------------------------------------------- search spaces
+HYPER_FORMS = {
+    "choice": "name choice [a,b,...]",
+    "uniform": "name uniform low,high",
+    "loguniform": "name loguniform low,high (natural-log bounds)",
+    "quniform": "name quniform low,high,q",
+}
+
+
+def check_hyper_file(path: str | Path) -> None:
+    """Refuse a ``.hyper`` search space that RecBole's parser would stop on mid-search or read wrongly.
+
+    RecBole splits a line at spaces and glues every field after the type together, so
+    ``loguniform -9.2 -7.6`` becomes ``-9.2-7.6`` and fails only when the tuner starts; a line of one
+    or two fields is skipped without a word. One line: file, line, and the form expected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"params_file {path} does not exist")
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.strip().split(" ")
+        if not line.strip():
+            continue
+        kind = fields[1] if len(fields) > 1 else ""
+        form = HYPER_FORMS.get(kind)
+        if form is None or len(fields) < 3 or _hyper_values_problem(kind, "".join(fields[2:])):
+            expected = form or "one of: " + "; ".join(HYPER_FORMS.values())
+            raise ValueError(f"{path}:{number}: {line.strip()!r} is not a RecBole search-space line: expected {expected}")
+
+
+def _hyper_values_problem(kind: str, values: str) -> bool:
+    """Whether the glued values of a ``.hyper`` line are not what ``kind`` needs."""
+    if kind == "choice":
+        try:
+            parsed = ast.literal_eval(values)
+        except (ValueError, SyntaxError):
+            return True
+        return not isinstance(parsed, (list, tuple)) or not parsed
+    parts = values.split(",")
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        return True
+    return len(numbers) != (3 if kind == "quniform" else 2) or numbers[0] >= numbers[1]

@@ -87,9 +87,9 @@ def test_nan_loss_stops_with_stage_and_batch_and_keeps_the_last_epoch(tiny_data,
     real = CLLM4Rec.collaborative_lm_loss
     calls = {"n": 0}
 
-    def poisoned(self, users):
+    def poisoned(self, users, shard=(0, 1)):
         calls["n"] += 1
-        loss, reg = real(self, users)
+        loss, reg = real(self, users, shard)
         return (loss * float("nan"), reg) if calls["n"] > 4 else (loss, reg)  # epoch 0 has 4 batches
 
     monkeypatch.setattr(CLLM4Rec, "collaborative_lm_loss", poisoned)
@@ -134,4 +134,4 @@ def test_users_missing_from_the_user_file_are_counted(tmp_path, monkeypatch, cap
         _, model, _ = make_model(tmp_path)
     assert model.n_users == 31  # no interaction is dropped
     assert "5 of 30 users have no text" in caplog.text
-    assert len(model.content_docs) == 40 + 25
+    assert len(model.documents.content) == 40 + 25

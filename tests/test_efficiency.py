@@ -9,7 +9,7 @@ import torch
 from conftest import make_model
 
 from recbole_cllm4rec.corpus import token_budget_batches
-from recbole_cllm4rec.model.cllm4rec import ItemLogSumExp
+from recbole_cllm4rec.model.item_softmax import ItemLogSumExp
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 50, 1000])
@@ -84,7 +84,7 @@ def test_each_training_document_appears_once_per_epoch(tiny_data):
     config, model, _ = make_model(tiny_data)
     trainer = CLLM4RecTrainer(config, model)
     for stage, expected in (
-        ("content", list(range(len(model.content_docs)))),
+        ("content", list(range(len(model.documents.content)))),
         ("collaborative", trainer.train_users.tolist()),
         ("recommendation", trainer.train_users.tolist()),
     ):
@@ -95,26 +95,24 @@ def test_each_training_document_appears_once_per_epoch(tiny_data):
 
 @pytest.mark.parametrize("max_seq_len", [28, 50, 128])  # 28 and 50 truncate long histories
 def test_document_lengths_are_the_built_documents_lengths(tiny_data, max_seq_len):
-    _, model, _ = make_model(tiny_data, max_seq_len=max_seq_len, scoring_max_seq_len=max_seq_len)
+    if max_seq_len > 28:
+        _, model, _ = make_model(tiny_data, max_seq_len=max_seq_len, scoring_max_seq_len=max_seq_len)
+    else:  # the recommendation prompt alone needs more: refused when the model is built
+        with pytest.raises(ValueError, match="leaves no room for items in recommendation_prompt"):
+            make_model(tiny_data, max_seq_len=max_seq_len, scoring_max_seq_len=max_seq_len)
+        _, model, _ = make_model(tiny_data)
+        model.documents.max_seq_len = model.documents.scoring_max_seq_len = max_seq_len  # the collaborative LM's cap
+    documents = model.documents
     users = torch.arange(1, model.n_users)
-    built = {"collaborative": model.collaborative_documents(users)[1]}
-    if max_seq_len > 28:  # the recommendation prompt alone needs more
-        built["recommendation"] = model.recommendation_documents(users, mask=True)[1]
-        built["scoring"] = model.recommendation_documents(users, mask=False)[1]
+    built = {"collaborative": documents.collaborative(users)[1]}
+    if max_seq_len > 28:
+        built["recommendation"] = documents.recommendation(users, mask=True)[1]
+        built["scoring"] = documents.recommendation(users, mask=False)[1]
     for stage, length in built.items():
-        assert model.document_lengths(stage, users).tolist() == length.tolist(), stage
+        assert documents.lengths(stage, users).tolist() == length.tolist(), stage
         assert int(length.max()) <= max_seq_len
     longest = max(int(length.max()) for length in built.values())
     assert longest == max_seq_len if max_seq_len <= 50 else longest < max_seq_len
-
-
-def test_document_lengths_count_the_deep_prompts_and_query_tokens_the_backbone_reads(tiny_data):
-    _, plain, _ = make_model(tiny_data)
-    _, model, _ = make_model(tiny_data, deep_prompt_tokens=3, readout="queries", readout_queries=2)
-    users = torch.arange(1, model.n_users)
-    extra = {"collaborative": 3, "recommendation": 5, "scoring": 5}
-    for stage, more in extra.items():
-        assert (model.document_lengths(stage, users) - plain.document_lengths(stage, users)).tolist() == [more] * len(users)
 
 
 def test_bf16_and_fp32_rank_the_same_top_items(tiny_data):

@@ -3,16 +3,15 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import make_model, tiny_config_dict
 
-from recbole_cllm4rec.corpus import SoftHardPrompt, field_texts
+from recbole_cllm4rec.corpus import SoftHardPrompt
 
 
 def manual_embed(model, ids: list[int], side: str) -> torch.Tensor:
     """Token-by-token lookup in the extended vocabulary, independent of ``model.embed``."""
     user_emb, item_emb = model.tables(side)
-    v, u = model.vocab_size, model.n_users
+    v, u = model.layout.vocab_size, model.n_users
     rows = []
     for t in ids:
         if t < v:
@@ -29,8 +28,8 @@ def words(model, text: str) -> list[int]:
 
 
 def history(model, user: int) -> list[int]:
-    n = int(model.history_len[user])
-    return model.history_items[user, :n].tolist()
+    n = int(model.documents.history_len[user])
+    return model.documents.history_items[user, :n].tolist()
 
 
 @pytest.mark.parametrize("item_bias", [False, True])
@@ -54,10 +53,10 @@ def test_only_the_id_tables_and_the_item_bias_get_gradients(tiny_data, item_bias
 
 def test_id_token_ids_extend_the_vocabulary(tiny_data):
     _, model, _ = make_model(tiny_data, item_reorder=False)
-    v, n_users = model.vocab_size, model.n_users
+    v, n_users = model.layout.vocab_size, model.n_users
     assert v == 257  # the tiny byte-level tokenizer
     users = torch.tensor([3, 7])
-    ids, length, items = model.collaborative_documents(users)
+    ids, length, items = model.documents.collaborative(users)
     assert ids[:, 0].tolist() == [v + 3, v + 7]
     p = len(words(model, " has interacted with")) + 1
     for row, u in enumerate(users.tolist()):
@@ -66,9 +65,9 @@ def test_id_token_ids_extend_the_vocabulary(tiny_data):
 
 def test_prompt_drops_the_space_before_an_id_token(tiny_data):
     _, model, _ = make_model(tiny_data)
-    prompt = SoftHardPrompt("{user} will, {item} x", model.tokenizer, model.vocab_size, model.n_users)
+    prompt = SoftHardPrompt("{user} will, {item} x", model.tokenizer, model.layout)
     ids = prompt.ids(users=torch.tensor([2]), items=torch.tensor([5]))[0].tolist()
-    v = model.vocab_size
+    v = model.layout.vocab_size
     assert ids == [v + 2] + words(model, " will,") + [v + model.n_users + 5] + words(model, " x")
 
 
@@ -77,7 +76,7 @@ def test_collaborative_loss_is_cross_entropy_over_items_only(tiny_data):
     users = [2, 5, 11]
     loss, reg = model.collaborative_lm_loss(torch.tensor(users))
 
-    v, n_users = model.vocab_size, model.n_users
+    v, n_users = model.layout.vocab_size, model.n_users
     prompt = words(model, " has interacted with")
     total, count, expected_reg = 0.0, 0, 0.0
     for u in users:
@@ -115,13 +114,14 @@ def test_regularizer_leaves_the_other_side_alone(tiny_data):
 
 def test_content_loss_is_cross_entropy_over_words_after_the_prompt(tiny_data):
     _, model, _ = make_model(tiny_data)
-    docs = model.content_docs
+    docs = model.documents.content
     loss, _ = model.content_lm_loss(torch.tensor([0, 3]), regularize=False)
     total, count = 0.0, 0
     for d in (0, 3):
         ids = docs.ids[d, : docs.length[d]].tolist()
         p = int(docs.prompt_length[d])
-        assert ids[0] >= model.vocab_size and all(t < model.vocab_size for t in ids[p:])
+        v = model.layout.vocab_size
+        assert ids[0] >= v and all(t < v for t in ids[p:])
         hidden = model.backbone.base_model(inputs_embeds=manual_embed(model, ids, "content")[None]).last_hidden_state[0]
         log_probs = model.backbone.lm_head(hidden).log_softmax(-1)
         for pos in range(p, len(ids)):
@@ -132,10 +132,10 @@ def test_content_loss_is_cross_entropy_over_words_after_the_prompt(tiny_data):
 
 def test_item_text_documents_follow_the_template(tiny_data):
     _, model, (train, _, _) = make_model(tiny_data)
-    docs = model.content_docs
+    docs = model.documents.content
     dataset = train.dataset
     item = dataset.token2id(dataset.iid_field, "i7")
-    v, n_users = model.vocab_size, model.n_users
+    v, n_users = model.layout.vocab_size, model.n_users
     row = [d for d in range(len(docs)) if docs.ids[d, 0] == v + n_users + item][0]
     text = model.tokenizer.decode(docs.ids[row, docs.prompt_length[row] : docs.length[row]])
     assert text == " The horror film number 7. Genre: horror."
@@ -145,10 +145,10 @@ def test_item_text_documents_follow_the_template(tiny_data):
 @pytest.mark.parametrize("visible_weight", [1.0, 0.25, 0.0])
 def test_masking_hides_the_right_share_of_items(tiny_data, visible_weight):
     _, model, _ = make_model(tiny_data, mask_ratio=0.2, visible_target_weight=visible_weight)
-    v, n_users = model.vocab_size, model.n_users
+    v, n_users = model.layout.vocab_size, model.n_users
     users = torch.arange(1, model.n_users)
-    ids, length, goal, not_shown = model.recommendation_documents(users, mask=True)
-    suffix = model.recommendation_suffix.ids(users=users)
+    ids, length, goal, not_shown = model.documents.recommendation(users, mask=True)
+    suffix = model.documents.recommendation_suffix.ids(users=users)
     for row, u in enumerate(users.tolist()):
         full = set(history(model, u))
         row_ids = ids[row, : length[row]].tolist()
@@ -164,30 +164,32 @@ def test_masking_hides_the_right_share_of_items(tiny_data, visible_weight):
 
 def test_a_single_item_history_keeps_an_empty_prompt(tiny_data):
     _, model, _ = make_model(tiny_data, visible_target_weight=0.0)
-    model.history_len[4] = 1
-    ids, length, goal, not_shown = model.recommendation_documents(torch.tensor([4]), mask=True)
-    assert length.item() == len(model.recommendation_prefix) + len(model.recommendation_suffix)
-    assert goal[0][not_shown[0]].tolist() == [int(model.history_items[4, 0])]
+    documents = model.documents
+    documents.history_len[4] = 1
+    ids, length, goal, not_shown = documents.recommendation(torch.tensor([4]), mask=True)
+    assert length.item() == len(documents.recommendation_prefix) + len(documents.recommendation_suffix)
+    assert goal[0][not_shown[0]].tolist() == [int(documents.history_items[4, 0])]
 
 
 def test_items_beyond_max_seq_len_are_hidden_targets_and_scoring_shows_the_most_recent(tiny_data):
     _, model, (train, _, _) = make_model(tiny_data, mask_ratio=0.2, visible_target_weight=0.5)
-    v, n_users = model.vocab_size, model.n_users
+    v, n_users = model.layout.vocab_size, model.n_users
+    documents = model.documents
     budget = 5  # items the prompt has room for (the byte-level tiny tokenizer spells the prompt out)
-    model.max_seq_len = len(model.recommendation_prefix) + len(model.recommendation_suffix) + budget
-    model.scoring_max_seq_len = model.max_seq_len + 2  # scoring may show more: two items more here
-    users = torch.nonzero(model.history_len > budget + 2).squeeze(1)
+    documents.max_seq_len = len(documents.recommendation_prefix) + len(documents.recommendation_suffix) + budget
+    documents.scoring_max_seq_len = documents.max_seq_len + 2  # scoring may show more: two items more here
+    users = torch.nonzero(documents.history_len > budget + 2).squeeze(1)
     assert len(users) > 0
-    ids, length, goal, not_shown = model.recommendation_documents(users, mask=True)
+    ids, length, goal, not_shown = documents.recommendation(users, mask=True)
     shown = ((ids >= v + n_users).sum(1)).tolist()
     assert shown == [budget] * len(users)
     for row in range(len(users)):
         n_hidden = int(not_shown[row].sum())
-        assert n_hidden == int(model.history_len[users[row]]) - budget  # masked + cut off
+        assert n_hidden == int(documents.history_len[users[row]]) - budget  # masked + cut off
     # scoring: the first `budget + 2` stored items, which are the most recent training interactions
     budget += 2
-    assert model.document_lengths("scoring", users).tolist() == [model.scoring_max_seq_len] * len(users)
-    ids, length, _, _ = model.recommendation_documents(users, mask=False)
+    assert documents.lengths("scoring", users).tolist() == [documents.scoring_max_seq_len] * len(users)
+    ids, length, _, _ = documents.recommendation(users, mask=False)
     inter = train.dataset.inter_feat
     for row, u in enumerate(users.tolist()):
         times = inter["timestamp"][inter["user_id"] == u]
@@ -197,26 +199,23 @@ def test_items_beyond_max_seq_len_are_hidden_targets_and_scoring_shows_the_most_
 
 
 @pytest.mark.parametrize(
-    "head, readout, skip, bias, visible_weight",
-    [("tied", "last", 0.0, False, 1.0), ("standardized", "last", 0.0, False, 1.0), ("tied", "items", 0.0, True, 0.3),
-     ("tied", "items", 3.0, True, 1.0)],
+    "readout, skip, bias, visible_weight",
+    [("last", 0.0, False, 1.0), ("items", 0.0, True, 0.3), ("items", 3.0, True, 1.0)],
 )
-def test_recommendation_loss_is_multinomial(tiny_data, head, readout, skip, bias, visible_weight):
+def test_recommendation_loss_is_multinomial(tiny_data, readout, skip, bias, visible_weight):
     config, model, _ = make_model(
-        tiny_data, item_head=head, readout=readout, readout_skip=skip, item_bias=bias, visible_target_weight=visible_weight
+        tiny_data, readout=readout, readout_skip=skip, item_bias=bias, visible_target_weight=visible_weight
     )
     if model.has_item_bias:
-        if head == "standardized":
-            model.calibrate_item_head(torch.arange(1, 21))
         with torch.no_grad():
             model.item_bias.weight.normal_()
     torch.manual_seed(0)
     users = torch.tensor([1, 2, 3])
-    ids, length, goal, not_shown = model.recommendation_documents(users, mask=True)
+    ids, length, goal, not_shown = model.documents.recommendation(users, mask=True)
     torch.manual_seed(0)
     loss, _ = model.recommendation_loss(users)
     hidden = model.hidden_states(ids, length, "collaborative")
-    item_offset = model.vocab_size + model.n_users
+    item_offset = model.layout.vocab_size + model.n_users
     expected = 0.0
     for row in range(3):
         n = int(length[row])
@@ -229,8 +228,6 @@ def test_recommendation_loss_is_multinomial(tiny_data, head, readout, skip, bias
                 h = config["readout_state_weight"] * h
             if skip and shown:
                 h = h + skip / config["init_std"] * model.collaborative_item_emb.weight[shown].mean(0)
-        if head == "standardized":
-            h = (h - model.hidden_mean) / model.hidden_std
         logits = h @ model.collaborative_item_emb.weight.T
         if model.has_item_bias:
             logits = logits + model.item_bias.weight[:, 0]
@@ -274,12 +271,9 @@ def test_training_moves_the_embeddings_and_lowers_the_collaborative_loss(tiny_da
 def test_max_seq_len_beyond_the_backbone_context_is_refused(tiny_data):
     with pytest.raises(ValueError, match="exceeds the backbone's context"):
         make_model(tiny_data, max_seq_len=4096)
-    make_model(tiny_data, max_seq_len=1020, scoring_max_seq_len=1020, deep_prompt_tokens=4)  # the tiny context: 1024
-    with pytest.raises(ValueError, match=r"deep_prompt_tokens=5, readout_queries=0\) exceeds the backbone's context of 1024"):
-        make_model(tiny_data, max_seq_len=1020, scoring_max_seq_len=1020, deep_prompt_tokens=5)
-    with pytest.raises(ValueError, match=r"deep_prompt_tokens=2, readout_queries=3\) exceeds"):
-        make_model(tiny_data, max_seq_len=1020, scoring_max_seq_len=1020, deep_prompt_tokens=2, readout="queries",
-                   readout_queries=3)  # fmt: skip
+    make_model(tiny_data, max_seq_len=1024, scoring_max_seq_len=1024)  # the tiny context: 1024
+    with pytest.raises(ValueError, match="scoring_max_seq_len=1025 exceeds the backbone's context of 1024"):
+        make_model(tiny_data, max_seq_len=1024, scoring_max_seq_len=1025)
 
 
 def test_a_missing_text_field_is_named(tiny_data):
@@ -298,11 +292,12 @@ def test_runs_are_reproducible_with_a_fixed_seed(tiny_data):
 
 
 def test_llm_dtype_choice():
-    from recbole_cllm4rec.model.cllm4rec import CLLM4Rec, cpu_has_native_bf16
+    from recbole_cllm4rec.model.adapters import autocast_dtype, cpu_has_native_bf16
+    from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
 
-    assert CLLM4Rec._autocast_dtype("auto", "cuda") is torch.bfloat16
-    assert CLLM4Rec._autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_native_bf16() else None)
-    assert CLLM4Rec._autocast_dtype("float32", "cuda") is None
+    assert autocast_dtype("auto", "cuda") is torch.bfloat16
+    assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert autocast_dtype("float32", "cuda") is None
     from recbole_cllm4rec.validation import check_config_values
 
     with pytest.raises(ValueError, match="llm_dtype='fp8' must be one of auto, float32, bfloat16, float16"):
@@ -325,25 +320,10 @@ def test_mean_mutual_regularization_divides_by_the_batch_id_tokens(tiny_data):
     _, model, _ = make_model(tiny_data, lambda_c=0.5, mutual_reg_reduction="mean")
     _, mean = model.collaborative_lm_loss(users)
     # one user token plus one token per training item in each document
-    n_id_tokens = sum(1 + int(model.history_len[u]) for u in users)
+    n_id_tokens = sum(1 + int(model.documents.history_len[u]) for u in users)
     assert mean.item() == pytest.approx(summed.item() / n_id_tokens, rel=1e-6)
     with pytest.raises(ValueError, match="mutual_reg_reduction"):
         make_model(tiny_data, mutual_reg_reduction="max")
-
-
-def test_text_initialised_items_follow_the_mean_word_embedding(tiny_data):
-    config, model, (train, _, _) = make_model(tiny_data, item_init="text")
-    texts = field_texts(train.dataset, "item", config["item_text_template"])
-    words_table = model.backbone.get_input_embeddings().weight
-    raw = torch.stack([words_table[words(model, " " + texts[i])].mean(0) for i in range(1, model.n_items)])
-    init = model.collaborative_item_emb.weight[1:].detach()
-    assert torch.equal(init, model.content_item_emb.weight[1:].detach())  # both sides start equal
-    # an affine image of the raw means: centred, one global scale, overall std init_std
-    scale = init.std().item() / (raw - raw.mean(0)).std().item()
-    assert torch.allclose(init, (raw - raw.mean(0)) * scale, atol=1e-6)
-    assert init.std().item() == pytest.approx(config["init_std"], rel=1e-4)
-    with pytest.raises(ValueError, match="item_text_template"):
-        make_model(tiny_data, item_init="text", item_text_template=None)
 
 
 def test_random_backbone_keeps_the_architecture_and_drops_the_weights(tiny_data):
@@ -371,25 +351,3 @@ def test_llm_dropout_is_on_while_training_only(tiny_data):
     _, plain, _ = make_model(tiny_data)
     plain.train()
     assert not plain.backbone.training
-
-
-def test_calibration_standardizes_the_last_hidden_states(tiny_data):
-    _, model, _ = make_model(tiny_data, item_head="standardized", readout="last", readout_skip=0.0)
-    calibration = torch.arange(1, 21)
-    model.calibrate_item_head(calibration)
-    assert bool(model.head_calibrated)
-    ids, length, _, _ = model.recommendation_documents(calibration, mask=False)
-    last = model.hidden_states(ids, length, "collaborative")[torch.arange(20), length - 1]
-    standardized = (last - model.hidden_mean) / model.hidden_std
-    assert torch.allclose(standardized.mean(0), torch.zeros(model.hidden_mean.shape), atol=1e-4)
-    assert torch.allclose(standardized.std(0), torch.ones(model.hidden_mean.shape), atol=1e-4)
-
-
-def test_trainer_calibrates_the_standardized_head_once_when_finetuning_starts(tiny_data):
-    from recbole_cllm4rec.quick_start import run_model
-    from recbole_cllm4rec.trainer import load_checkpoint
-
-    config = tiny_config_dict(tiny_data, item_head="standardized", head_calibration_users=8)
-    result = run_model("CLLM4Rec", "tiny", config_dict=config)
-    state = load_checkpoint(result["checkpoint"], "cpu")["state_dict"]
-    assert bool(state["head_calibrated"]) and not torch.equal(state["hidden_std"], torch.ones_like(state["hidden_std"]))

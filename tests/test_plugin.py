@@ -53,19 +53,19 @@ def test_pretraining_losses_reach_tensorboard(tiny_data):
 
 
 def test_sampled_evaluation_scores_each_user_once(tmp_path, monkeypatch):
-    from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
+    from recbole_cllm4rec.corpus import Documents
 
     write_dataset(tmp_path, "small", n_users=12, n_items=150, per_user=12)
     monkeypatch.chdir(tmp_path)
     prompts = []
-    real = CLLM4Rec.recommendation_documents
+    real = Documents.recommendation
 
     def counting(self, users, mask):
         if not mask:
             prompts.extend(users.tolist())
         return real(self, users, mask)
 
-    monkeypatch.setattr(CLLM4Rec, "recommendation_documents", counting)
+    monkeypatch.setattr(Documents, "recommendation", counting)
     config = plain(tmp_path, epochs=1, pretrain_epochs=0, eval_args={"split": {"RS": [0.8, 0.1, 0.1]}, "group_by": "user",
                    "order": "RO", "mode": "uni100"}, metrics=["Recall", "NDCG"], valid_metric="Recall@10")  # fmt: skip
     result = run_model("CLLM4Rec", "small", config_dict=config)

@@ -4,30 +4,21 @@ import torch
 from conftest import make_model, tiny_config_dict
 
 import recbole_cllm4rec.model.cllm4rec as cllm4rec_module
+from recbole_cllm4rec.corpus import stored_history
 
 
-def prompt_words(model):
-    """The word tokens of a built scoring prompt, in order (its ID tokens left out)."""
-    ids, length, _, _ = model.recommendation_documents(torch.tensor([1]), mask=False)
-    ids = ids[0, : int(length[0])]
-    return ids[ids < model.vocab_size]
-
-
-def prompt_states(model, users):
-    ids, length, _, _ = model.recommendation_documents(users, mask=False)
+def scoring_states(model, users):
+    ids, length, _, _ = model.documents.recommendation(users, mask=False)
     return ids, length, model.hidden_states(ids, length, "collaborative")
 
 
-@pytest.mark.parametrize("readout", ["last", "mean", "items", "attention"])
+@pytest.mark.parametrize("readout", ["last", "mean", "items"])
 def test_readout_pools_the_right_positions(tiny_data, readout):
     _, model, _ = make_model(tiny_data, readout=readout, readout_skip=0.0)
-    if readout == "attention":
-        with torch.no_grad():
-            model.readout_query.normal_()
     users = torch.tensor([1, 4, 9])
-    ids, length, hidden = prompt_states(model, users)
-    got = model.readout_states(hidden, ids, length)
-    item_offset = model.vocab_size + model.n_users
+    ids, length, hidden = scoring_states(model, users)
+    got = model.readout_state(hidden, ids, length)
+    item_offset = model.layout.vocab_size + model.n_users
     for row in range(3):
         n = int(length[row])
         states = hidden[row, :n]
@@ -37,45 +28,33 @@ def test_readout_pools_the_right_positions(tiny_data, readout):
             expected = states.mean(0)
         elif readout == "items":
             keep = [p for p in range(n) if ids[row, p] >= item_offset or p == n - 1]
-            assert len(keep) == int(model.history_len[users[row]]) + 1
+            assert len(keep) == int(model.documents.history_len[users[row]]) + 1
             expected = states[keep].mean(0)
-        else:
-            w = (states @ model.readout_query / states.shape[1] ** 0.5).softmax(0)
-            expected = (w[:, None] * states).sum(0)
         torch.testing.assert_close(got[row], expected, rtol=1e-5, atol=1e-6)
     # without the skip the head reads the pooled states at weight 1 (the paper), the skip term is 0
-    states_part, skip_part = model.prompt_parts(ids, length)
+    states_part, skip_part = model.head_input_parts(ids, length)
     torch.testing.assert_close(states_part, got)
     assert not skip_part.any()
 
 
-def test_attention_readout_starts_as_mean_pooling_and_trains(tiny_data):
-    _, model, _ = make_model(tiny_data, readout="attention", readout_skip=0.0)
-    users = torch.tensor([2, 3])
-    ids, length, hidden = prompt_states(model, users)
-    model.readout = "mean"
-    mean = model.readout_states(hidden, ids, length)
-    model.readout = "attention"
-    torch.testing.assert_close(model.readout_states(hidden, ids, length), mean)
-    loss, _ = model.recommendation_loss(users)
-    loss.backward()
-    assert model.readout_query.grad.abs().sum() > 0
-    assert any(p is model.readout_query for p in model.trainable_parameters())
+def test_an_unknown_or_removed_readout_is_refused(tiny_data):
     with pytest.raises(ValueError, match="readout=.* must be one of"):
         make_model(tiny_data, readout="max")
+    with pytest.raises(ValueError, match="readout='attention' must be one of last, mean, items"):
+        make_model(tiny_data, readout="attention")
 
 
 def test_every_user_weighs_the_same_whatever_batch_they_are_packed_in(tiny_data, monkeypatch):
     _, model, _ = make_model(tiny_data, readout="mean")
-    unshuffled = model.shuffled_history
-    monkeypatch.setattr(model, "shuffled_history", lambda users, shuffle: unshuffled(users, shuffle=False))
+    unshuffled = model.documents.history
+    monkeypatch.setattr(model.documents, "history", lambda users, shuffle: unshuffled(users, shuffle=False))
     short, long_ = torch.tensor([3]), torch.tensor([7, 8, 12, 15])
     alone = model.recommendation_loss(short)[0] + model.recommendation_loss(long_)[0]
     together = model.recommendation_loss(torch.cat([short, long_]))[0]
     assert together.item() == pytest.approx(alone.item(), rel=1e-5)
     # the constant: train_batch_tokens over the mean finetuning document length of training users
-    users = torch.nonzero(model.history_len > 0).squeeze(1)
-    mean_length = model.document_lengths("recommendation", users).float().mean().item()
+    users = torch.nonzero(model.documents.history_len > 0).squeeze(1)
+    mean_length = model.documents.lengths("recommendation", users).float().mean().item()
     assert model.users_per_batch == pytest.approx(256 / mean_length)
 
 
@@ -98,7 +77,7 @@ def test_regularization_skips_rows_the_other_side_never_trains(tiny_data, item_i
     for u in users.tolist():
         if anchored:
             expected += diff(model.collaborative_user_emb, model.content_user_emb, u)
-        for i in model.history_items[u, : model.history_len[u]].tolist():
+        for i in model.documents.history_items[u, : model.documents.history_len[u]].tolist():
             expected += diff(model.collaborative_item_emb, model.content_item_emb, i)
     assert reg.item() == pytest.approx(0.5 * expected, rel=1e-5)
 
@@ -110,7 +89,7 @@ def test_finetuning_regularization_covers_the_hidden_targets(tiny_data):
         model.content_item_emb.weight.mul_(1.5)
     users = torch.tensor([1, 6])
     torch.manual_seed(3)
-    ids, _, target, not_shown = model.recommendation_documents(users, mask=True)
+    ids, _, target, not_shown = model.documents.recommendation(users, mask=True)
     torch.manual_seed(3)
     _, reg = model.recommendation_loss(users)
     diff = lambda a, b, r: ((a.weight[r] - b.weight[r]) ** 2).sum().item()  # noqa: E731
@@ -118,7 +97,7 @@ def test_finetuning_regularization_covers_the_hidden_targets(tiny_data):
     for row, u in enumerate(users.tolist()):
         expected += 2 * diff(model.collaborative_user_emb, model.content_user_emb, u)  # {user} twice
         # every training item: the shown ones in the prompt, the hidden ones as targets
-        for i in model.history_items[u, : model.history_len[u]].tolist():
+        for i in model.documents.history_items[u, : model.documents.history_len[u]].tolist():
             expected += diff(model.collaborative_item_emb, model.content_item_emb, i)
     assert reg.item() == pytest.approx(0.5 * expected, rel=1e-5)
 
@@ -129,8 +108,8 @@ def test_stored_history_is_most_recent_first_without_repeats(tiny_data):
     for u in range(1, model.n_users):
         mine = inter["user_id"] == u
         expected = inter["item_id"][mine][inter["timestamp"][mine].argsort(descending=True)].tolist()
-        assert model.history_items[u, : model.history_len[u]].tolist() == expected
-        assert model.history_items[u, model.history_len[u] :].abs().sum() == 0
+        assert model.documents.history_items[u, : model.documents.history_len[u]].tolist() == expected
+        assert model.documents.history_items[u, model.documents.history_len[u] :].abs().sum() == 0
 
 
 def test_stored_history_keeps_a_repeated_item_once_at_its_latest_time():
@@ -143,7 +122,7 @@ def test_stored_history_keeps_a_repeated_item_once_at_its_latest_time():
             times = torch.tensor([[0.0, 0, 0, 0], [1.0, 2.0, 9.0, 4.0]])
             return items, times, torch.tensor([0, 4])
 
-    history = cllm4rec_module.stored_history(Toy(), seed=0)
+    history = stored_history(Toy(), seed=0)
     assert history.tolist() == [[0, 0, 0, 0], [5, 2, 3, 0]]
 
 
@@ -166,7 +145,7 @@ def test_svd_init_factorizes_the_normalized_training_matrix(tiny_data):
     users, items = model.collaborative_user_emb.weight[1:], model.collaborative_item_emb.weight[1:]
     matrix = torch.zeros(model.n_users, model.n_items)
     for u in range(1, model.n_users):
-        matrix[u, model.history_items[u, : model.history_len[u]]] = 1.0
+        matrix[u, model.documents.history_items[u, : model.documents.history_len[u]]] = 1.0
     matrix = matrix / matrix.sum(1, keepdim=True).clamp(min=1).sqrt() / matrix.sum(0, keepdim=True).clamp(min=1).sqrt()
     product = (users @ items.T).detach().flatten()
     # up to one global scale, user . item reproduces the normalized matrix (rank >= its rank here)
@@ -177,49 +156,30 @@ def test_svd_init_factorizes_the_normalized_training_matrix(tiny_data):
     assert torch.equal(model.content_user_emb.weight, model.collaborative_user_emb.weight)
 
 
-def test_ridge_init_makes_item_products_the_ridge_item_item_model(tiny_data):
-    lam = 3.0
-    config, model, _ = make_model(tiny_data, item_init="ridge", init_ridge=lam)
-    users, items = model.collaborative_user_emb.weight[1:], model.collaborative_item_emb.weight[1:]
-    matrix = torch.zeros(model.n_users, model.n_items)
-    for u in range(1, model.n_users):
-        matrix[u, model.history_items[u, : model.history_len[u]]] = 1.0
-    matrix = matrix[1:, 1:]
-    gram = matrix.T @ matrix
-    ridge = torch.linalg.solve(gram + lam * torch.eye(len(gram)), gram)  # (R^T R + lambda I)^-1 R^T R
-    # up to one global scale each (rank >= the matrix's rank here)
-    cos = torch.nn.functional.cosine_similarity
-    assert cos((items @ items.T).detach().flatten(), ridge.flatten(), dim=0).item() > 0.99
-    assert cos((users @ items.T).detach().flatten(), (matrix @ ridge).flatten(), dim=0).item() > 0.99
-    assert items.std().item() == pytest.approx(config["init_std"], rel=0.2)
-    assert torch.equal(model.content_item_emb.weight, model.collaborative_item_emb.weight)
-
-
-@pytest.mark.parametrize(("state_weight", "exponent"), [(1.0, 1.0), (0.25, 1.0), (0.25, 0.5)])
-def test_readout_skip_adds_the_pooled_item_embeddings_scaled_by_the_init_std(tiny_data, state_weight, exponent):
-    config, model, _ = make_model(tiny_data, readout="items", readout_skip=2.0, readout_state_weight=state_weight,
-                                  readout_skip_exponent=exponent)  # fmt: skip
+@pytest.mark.parametrize("state_weight", [1.0, 0.25])
+def test_readout_skip_adds_the_pooled_item_embeddings_scaled_by_the_init_std(tiny_data, state_weight):
+    config, model, _ = make_model(tiny_data, readout="items", readout_skip=2.0, readout_state_weight=state_weight)
     users = torch.tensor([1, 4, 9])
-    ids, length, hidden = prompt_states(model, users)
-    pooled = model.readout_states(hidden, ids, length)
-    got = model.prompt_states(ids, length)
-    states_part, skip_part = model.prompt_parts(ids, length)  # the two terms, each as weighted in the sum
-    item_offset = model.vocab_size + model.n_users
+    ids, length, hidden = scoring_states(model, users)
+    pooled = model.readout_state(hidden, ids, length)
+    got = model.head_input(ids, length)
+    states_part, skip_part = model.head_input_parts(ids, length)  # the two terms, each as weighted in the sum
+    item_offset = model.layout.vocab_size + model.n_users
     for row in range(3):
         history = ids[row, : int(length[row])]
         shown = model.collaborative_item_emb.weight[history[history >= item_offset] - item_offset]
-        assert len(shown) > 1  # so the exponent matters
-        skip = 2.0 / config["init_std"] * shown.sum(0) / len(shown) ** exponent
+        assert len(shown) > 1  # so the mean differs from a sum
+        skip = 2.0 / config["init_std"] * shown.sum(0) / len(shown)
         torch.testing.assert_close(got[row], state_weight * pooled[row] + skip, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(states_part[row], state_weight * pooled[row], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(skip_part[row], skip, rtol=1e-4, atol=1e-5)
     # a prompt without item tokens (a one-item user's masked prompt) gets no skip term
     no_items = ids[:1, :3]
-    torch.testing.assert_close(model.prompt_states(no_items, torch.tensor([3])),
-                               state_weight * model.readout_states(model.hidden_states(no_items, torch.tensor([3]), "collaborative"),
-                                                    no_items, torch.tensor([3])))  # fmt: skip
+    torch.testing.assert_close(model.head_input(no_items, torch.tensor([3])),
+                               state_weight * model.readout_state(model.hidden_states(no_items, torch.tensor([3]), "collaborative"),
+                                                   no_items, torch.tensor([3])))  # fmt: skip
     scores = model.full_sort_predict({model.USER_ID: users})
-    features, head = model.item_head_inputs(got)
+    features, head = model.item_head(got)
     torch.testing.assert_close(scores[:, 1:], (features @ head.T)[:, 1:], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="readout_skip needs a pooling readout"):
         make_model(tiny_data, readout="last", readout_skip=1.0)
@@ -263,7 +223,7 @@ def test_item_bias_starts_at_centred_log_popularity_and_adds_to_every_logit(tiny
     _, model, _ = make_model(tiny_data, item_bias=True, readout="items")
     counts = torch.zeros(model.n_items)
     for u in range(1, model.n_users):
-        counts[model.history_items[u, : model.history_len[u]]] += 1
+        counts[model.documents.history_items[u, : model.documents.history_len[u]]] += 1
     expected = (counts + 1).log()
     expected = expected - expected[1:].mean()
     torch.testing.assert_close(model.item_bias.weight[1:, 0], expected[1:])
@@ -271,8 +231,8 @@ def test_item_bias_starts_at_centred_log_popularity_and_adds_to_every_logit(tiny
     model.eval()
     with torch.no_grad():
         scores = model.full_sort_predict({model.USER_ID: users})
-        ids, length, _ = prompt_states(model, users)
-        states = model.prompt_states(ids, length)
+        ids, length, _ = scoring_states(model, users)
+        states = model.head_input(ids, length)
     plain = states @ model.collaborative_item_emb.weight.T + model.item_bias.weight[:, 0]
     torch.testing.assert_close(scores[:, 1:], plain[:, 1:], rtol=1e-5, atol=1e-5)
     assert any(p is model.item_bias.weight for p in model.trainable_parameters())
@@ -309,110 +269,6 @@ def test_lora_adapters_train_at_their_own_rate_and_travel_in_checkpoints(tiny_da
         torch.testing.assert_close(fresh.full_sort_predict({fresh.USER_ID: users}), model.full_sort_predict({model.USER_ID: users}))
 
 
-def test_norm_tuning_trains_only_the_norms_at_the_backbone_rate_and_saves_them(tiny_data):
-    from recbole_cllm4rec.trainer import CLLM4RecTrainer
-
-    config, model, _ = make_model(tiny_data, llm_norm_tuning=True, backbone_learning_rate=0.05)
-    inside = dict(model.backbone.named_parameters())
-    norms = {n for n, p in inside.items() if p.requires_grad}
-    # the tiny backbone has 2 blocks: two RMSNorms each, then the final norm
-    assert norms == {"model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
-                     "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight",
-                     "model.norm.weight"}  # fmt: skip
-    optimizer = CLLM4RecTrainer(config, model)._build_optimizer(learning_rate=0.001)
-    assert [g["lr"] for g in optimizer.param_groups] == [0.001, 0.05]
-    before = {n: inside[n].detach().clone() for n in norms}
-    frozen = inside["model.layers.0.self_attn.q_proj.weight"].detach().clone()
-    loss, reg = model.recommendation_loss(torch.tensor([1, 2, 3]))
-    (loss + reg).backward()
-    optimizer.step()
-    assert all(not torch.equal(before[n], inside[n]) for n in norms)
-    assert torch.equal(frozen, inside["model.layers.0.self_attn.q_proj.weight"])
-    state = model.state_dict()
-    assert {k for k in state if k.startswith("backbone.")} == {"backbone." + n for n in norms}
-    _, fresh, _ = make_model(tiny_data, llm_norm_tuning=True)
-    fresh.load_state_dict(state)
-    assert all(torch.equal(dict(fresh.backbone.named_parameters())[n], inside[n]) for n in norms)
-
-
-def test_deep_prompts_are_what_every_block_reads_in_front_and_they_train_and_travel(tiny_data):
-    config, model, _ = make_model(tiny_data, deep_prompt_tokens=3)
-    k, blocks = 3, model.blocks()
-    assert model.deep_prompts.shape == (len(blocks), k, model.collaborative_item_emb.embedding_dim)
-    # started at what each block reads at the prompt's words (block 0: their word embeddings)
-    words = prompt_words(model)[:k]
-    torch.testing.assert_close(model.deep_prompts[0], model.backbone.get_input_embeddings()(words))
-    started = []
-    spies = [b.register_forward_pre_hook(lambda m, args, kwargs: started.append(cllm4rec_module.layer_input(args, kwargs)),
-                                         with_kwargs=True) for b in blocks]  # fmt: skip
-    with torch.no_grad():
-        model.backbone.base_model(input_ids=words[None], use_cache=False)
-    for spy in spies:
-        spy.remove()
-    for index, states in enumerate(started):
-        torch.testing.assert_close(model.deep_prompts[index], states[0].float())
-    with torch.no_grad():
-        model.deep_prompts.normal_()  # apart from their start, so a block reading anything else shows
-    seen = []
-    spy = blocks[1].register_forward_pre_hook(lambda m, args, kwargs: seen.append(cllm4rec_module.layer_input(args, kwargs)),
-                                              with_kwargs=True)  # fmt: skip
-    with torch.no_grad():  # a bare backbone call carries no slots: the deep prompts leave it alone
-        model.backbone.base_model(input_ids=words[None], use_cache=False)
-    spy.remove()
-    torch.testing.assert_close(seen[0][0].float(), started[1][0].float())
-    read = []
-    spies = [b.register_forward_pre_hook(lambda m, args, kwargs: read.append(cllm4rec_module.layer_input(args, kwargs)),
-                                         with_kwargs=True) for b in blocks]  # fmt: skip
-    ids, length, hidden = prompt_states(model, torch.tensor([1, 2]))
-    for spy in spies:
-        spy.remove()
-    assert hidden.shape[:2] == ids.shape  # the prompt positions come back, the k in front do not
-    # the spies ran after the deep-prompt hooks: every block read its own prompts in front
-    for index, states in enumerate(read):
-        torch.testing.assert_close(states[:, :k], model.deep_prompts[index].expand(2, -1, -1).to(states.dtype))
-    assert any(p is model.deep_prompts for p in model.trainable_parameters())
-    loss, reg = model.recommendation_loss(torch.tensor([1, 2, 3]))
-    (loss + reg).backward()
-    assert all(model.deep_prompts.grad[index].abs().sum() > 0 for index in range(len(blocks)))
-    _, fresh, _ = make_model(tiny_data, deep_prompt_tokens=3)
-    fresh.load_state_dict(model.state_dict())
-    model.eval()
-    fresh.eval()
-    users = torch.tensor([1, 2, 3])
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.full_sort_predict({fresh.USER_ID: users}), model.full_sort_predict({model.USER_ID: users}))
-        # and a different prefix changes what the head reads
-        fresh.deep_prompts.zero_()
-        assert not torch.allclose(fresh.full_sort_predict({fresh.USER_ID: users}), model.full_sort_predict({model.USER_ID: users}))
-
-
-@pytest.mark.parametrize("skip", [0.0, 2.0])
-def test_query_tokens_readout_is_the_mean_of_the_appended_tokens_states(tiny_data, skip):
-    config, model, _ = make_model(tiny_data, readout="queries", readout_queries=2, readout_skip=skip,
-                                  readout_state_weight=0.5)  # fmt: skip
-    last_word = model.backbone.get_input_embeddings()(prompt_words(model)[-1:])  # each query starts as it
-    torch.testing.assert_close(model.readout_query_tokens, last_word.expand(2, -1))
-    with torch.no_grad():
-        model.readout_query_tokens.normal_(std=0.1)  # two different queries
-    ids, length, _ = prompt_states(model, torch.tensor([1, 4, 9]))
-    assert len(set(length.tolist())) > 1  # padded rows: the queries sit right after each prompt
-    got = model.prompt_states(ids, length)
-    item_offset = model.vocab_size + model.n_users
-    for row in range(3):
-        n = int(length[row])
-        alone = torch.cat([model.embed(ids[row : row + 1, :n], "collaborative"), model.readout_query_tokens[None]], 1)
-        hidden = model.hidden_states(torch.zeros(1, n + 2, dtype=torch.long), torch.tensor([n + 2]), "collaborative", alone)
-        expected = hidden[0, n:].mean(0)
-        if skip:
-            shown = ids[row, :n][ids[row, :n] >= item_offset] - item_offset
-            expected = 0.5 * expected + skip / config["init_std"] * model.collaborative_item_emb.weight[shown].mean(0)
-        torch.testing.assert_close(got[row], expected, rtol=1e-4, atol=1e-5)
-    loss, reg = model.recommendation_loss(torch.tensor([1, 2, 3]))
-    (loss + reg).backward()
-    assert model.readout_query_tokens.grad.abs().sum(1).min() > 0  # every query trains
-    assert "readout_query_tokens" in model.state_dict()
-
-
 def test_a_lora_run_tests_the_adapters_it_trained(tiny_data):
     from conftest import tiny_config_dict
 
@@ -442,20 +298,3 @@ def test_learning_rate_decay_scales_every_group_per_finetuning_epoch(tiny_data, 
                               lora_rank=2, backbone_learning_rate=0.002, content_warmup_epochs=0)  # fmt: skip
     run_model("CLLM4Rec", "tiny", config_dict=config)
     assert seen == [[0.004, 0.002], [0.002, 0.001], [0.001, 0.0005]]
-
-
-def test_untied_head_starts_at_the_input_table_and_trains_on_its_own(tiny_data):
-    _, model, _ = make_model(tiny_data, item_head="untied")
-    assert torch.equal(model.output_item_emb.weight, model.collaborative_item_emb.weight)
-    assert any(p is model.output_item_emb.weight for p in model.trainable_parameters())
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
-    loss, reg = model.recommendation_loss(torch.arange(1, 9))
-    (loss + reg).backward()
-    optimizer.step()
-    assert not torch.equal(model.output_item_emb.weight, model.collaborative_item_emb.weight)
-    assert "output_item_emb.weight" in model.state_dict()
-    users = torch.arange(1, 4)
-    with torch.no_grad():
-        states = torch.cat([s for _, s in model.user_states(users)])
-        features, weight = model.item_head_inputs(states)
-    assert torch.equal(weight[:, : model.output_item_emb.weight.shape[1]], model.output_item_emb.weight)

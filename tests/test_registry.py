@@ -139,20 +139,37 @@ def test_a_checkpoint_saved_before_a_new_option_loads_with_its_default(tiny_data
     result = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data))
     checkpoint = torch.load(result["checkpoint"], weights_only=False)
     saved = checkpoint["config"].final_config_dict
-    for key in ("readout_skip_exponent", "deep_prompt_tokens", "llm_norm_tuning", "backbone_learning_rate",
-                "readout_queries"):  # fmt: skip
-        del saved[key]  # as saved by the version before these keys
+    del saved["backbone_learning_rate"]  # as saved by the version before this key
     saved["lora_learning_rate"] = None
+    # and the retired research options at the values that behave as the code does now, as saved before they went
+    saved.update(readout_skip_exponent=1.0, deep_prompt_tokens=0, llm_norm_tuning=False, item_head="tied", readout_queries=4)
     old = tmp_path / "old.pth"
     torch.save(checkpoint, old)
     config, model, *_ = load_data_and_model(str(old))
-    assert (config["readout_skip_exponent"], config["deep_prompt_tokens"], config["llm_norm_tuning"]) == (1.0, 0, False)
+    assert config["backbone_learning_rate"] is None
     _, new, *_ = load_data_and_model(result["checkpoint"])
     model.eval()
     new.eval()
     users = torch.arange(1, 6)
     with torch.no_grad():
         torch.testing.assert_close(model.full_sort_predict({model.USER_ID: users}), new.full_sort_predict({new.USER_ID: users}))
+    saved["item_head"] = "untied"  # a checkpoint of a removed option: refused, naming the commit that runs it
+    torch.save(checkpoint, old)
+    with pytest.raises(ValueError, match=r"old\.pth: item_head='untied' is a research option that was removed.*ef9cea6"):
+        load_data_and_model(str(old))
+
+
+def test_a_retired_research_option_is_refused_before_training(tiny_data, monkeypatch):
+    import recbole_cllm4rec.quick_start as quick_start
+    from recbole_cllm4rec.validation import check_retired_options
+
+    monkeypatch.setattr(quick_start, "create_dataset", lambda config: pytest.fail("the data was loaded"))
+    with pytest.raises(ValueError, match=r"deep_prompt_tokens=8 is a research option that was removed.*commit ef9cea6"):
+        run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data, deep_prompt_tokens=8))
+    check_retired_options({"item_head": "tied", "deep_prompt_tokens": 0})  # today's behaviour: accepted
+    check_retired_options({})
+    with pytest.raises(ValueError, match=r"readout='queries' is a research option that was removed.*ef9cea6"):
+        check_retired_options({"readout": "queries"})
 
 
 def test_load_data_and_model_restores_a_baseline_checkpoint(tiny_data):

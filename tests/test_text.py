@@ -22,7 +22,7 @@ def add_reviews(root, in_inter: bool = False) -> set[tuple[str, str]]:
 
 def review_documents(model, dataset) -> dict[tuple[str, str], str]:
     """(raw user, raw item) -> decoded text of every review document in the content corpus."""
-    docs, v, n_users = model.content_docs, model.vocab_size, model.n_users
+    docs, v, n_users = model.documents.content, model.layout.vocab_size, model.n_users
     found = {}
     for d in range(len(docs)):
         ids = docs.ids[d, : docs.length[d]].long()
@@ -67,7 +67,7 @@ def test_the_content_corpus_is_loaded_from_cache_the_second_time(tiny_data, monk
 
     monkeypatch.setattr(corpus, "build_content_documents", no_tokenizing)
     _, second, _ = make_model(tiny_data)
-    assert torch.equal(first.content_docs.ids, second.content_docs.ids)
+    assert torch.equal(first.documents.content.ids, second.documents.content.ids)
     # another template is another corpus: built, never a stale file
     with pytest.raises(AssertionError, match="tokenized again"):
         make_model(tiny_data, item_text_template="{title}")
@@ -76,4 +76,4 @@ def test_the_content_corpus_is_loaded_from_cache_the_second_time(tiny_data, monk
 def test_text_columns_need_not_be_loaded_by_recbole(tiny_data):
     _, model, (train, _, _) = make_model(tiny_data, load_col={"inter": ["user_id", "item_id", "rating", "timestamp"]})
     assert train.dataset.item_feat is None
-    assert len(model.content_docs) == (model.n_items - 1) + (model.n_users - 1)
+    assert len(model.documents.content) == (model.n_items - 1) + (model.n_users - 1)
