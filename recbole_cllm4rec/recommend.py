@@ -33,7 +33,10 @@ def item_titles(dataset) -> list[str] | None:
 
 def internal_user_ids(dataset, raw_users: list[str]) -> torch.Tensor:
     known = dataset.field2token_id[dataset.uid_field]
-    unknown = [u for u in raw_users if u not in known]
+    padding = str(dataset.field2id_token[dataset.uid_field][0])  # RecBole's [PAD] user: id 0, nobody
+    unknown = [u for u in raw_users if u not in known or known[u] == 0]
+    if padding in unknown:
+        raise SystemExit(f"{padding!r} is RecBole's padding user, not a user of the dataset: give a raw user id")
     if unknown:
         examples = ", ".join(list(known)[1:6])
         raise SystemExit(f"unknown user id(s) {unknown[:5]} (the dataset's user ids look like: {examples})")
