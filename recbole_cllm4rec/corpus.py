@@ -390,15 +390,15 @@ class Documents(nn.Module):
         return len(self.recommendation_prefix) + len(self.recommendation_suffix)
 
     def item_counts(self, stage: str, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden, shown) items of documents over histories of ``n`` items: finetuning hides
+        """(masked, shown) items of documents over histories of ``n`` items: finetuning masks
         ``max(1, floor(mask_ratio * n))``; every stage shows at most what its length cap leaves."""
         if stage not in ("collaborative", "recommendation", "scoring"):
             raise ValueError(f"unknown stage {stage!r}")
-        hidden = torch.zeros_like(n)
+        masked = torch.zeros_like(n)
         if stage == "recommendation":
-            hidden = (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
+            masked = (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
         cap = self.scoring_max_seq_len if stage == "scoring" else self.max_seq_len
-        return hidden, (n - hidden).clamp(max=cap - self.prompt_length(stage))
+        return masked, (n - masked).clamp(max=cap - self.prompt_length(stage))
 
     def lengths(self, stage: str, units: torch.Tensor) -> torch.Tensor:
         """Tokens the backbone reads for each document of a stage (``units``: content docs or users)."""
@@ -430,15 +430,15 @@ class Documents(nn.Module):
         """``{user} has interacted with <visible>, {user} will interact with`` and the finetuning targets.
 
         With ``mask`` (stage ``recommendation``) the history is shuffled and its first
-        ``item_counts`` hidden items are not shown; otherwise (``scoring``) every item is shown in
+        ``item_counts`` masked items are not shown; otherwise (``scoring``) every item is shown in
         stored order (most recent first). Items beyond the length cap are not shown either. Returns
         ids, lengths and, with ``mask``, the targets ``[B, W]`` (every training item, 0 = none) and
         which of them the prompt does not show (else ``None, None``).
         """
         items, n = self.history(users, shuffle=mask)
-        n_hidden, n_visible = self.item_counts("recommendation" if mask else "scoring", n)
-        # visible items: drop the hidden ones (they come first after shuffling), keep n_visible
-        visible_rank = torch.arange(items.shape[1], device=items.device)[None, :] - n_hidden[:, None]
+        n_masked, n_visible = self.item_counts("recommendation" if mask else "scoring", n)
+        # visible items: drop the masked ones (they come first after shuffling), keep n_visible
+        visible_rank = torch.arange(items.shape[1], device=items.device)[None, :] - n_masked[:, None]
         take = (visible_rank >= 0) & (visible_rank < n_visible[:, None])
         body = torch.full((len(users), int(n_visible.max()) if len(users) else 0), self.pad_token_id,
                           dtype=torch.long, device=items.device)  # fmt: skip
