@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict]:
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     results = {}
     for length in [int(n) for n in args.lengths.split(",")]:
-        model.scoring_max_seq_len = length
+        model.documents.scoring_max_seq_len = length
         results[length] = dict(trainer.evaluate(valid, load_best_model=False))
         print(length, " ".join(f"{k} {v:.4f}" for k, v in results[length].items()), flush=True)
     return results

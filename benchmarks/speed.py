@@ -51,7 +51,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def bare_backbone_seconds(model: CLLM4Rec, shapes: list[tuple[int, int]], train: bool) -> float:
     """Seconds of the frozen backbone alone on random inputs of the given [B, L] shapes."""
     dim = model.backbone.get_input_embeddings().embedding_dim
-    device = model.history_items.device
+    device = model.backbone_fingerprint.device
     inputs = [(torch.randn(b, n, dim, device=device) * 0.1).requires_grad_(train) for b, n in shapes]
     synchronize(device)
     start = time.perf_counter()

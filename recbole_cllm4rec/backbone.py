@@ -77,9 +77,12 @@ def check_causal(model: torch.nn.Module, llm: str) -> None:
     """Refuse a backbone whose attention sees later tokens (an encoder such as BERT loads through
     ``AutoModelForCausalLM`` with ``is_decoder=False`` and would train and score without a word):
     changing the last token of a short input must leave every earlier position's state as it was."""
-    ids = torch.arange(1, 5)[None, :] % model.get_input_embeddings().num_embeddings
+    vocab = model.get_input_embeddings().num_embeddings
+    if vocab < 2:
+        raise ValueError(f"llm={llm!r} has a vocabulary of {vocab} token(s): not a language model")
+    ids = torch.arange(1, 5)[None, :] % vocab
     changed = ids.clone()
-    changed[0, -1] = (changed[0, -1] + 1) % model.get_input_embeddings().num_embeddings
+    changed[0, -1] = (changed[0, -1] + 1) % vocab
     before, after = (model.base_model(input_ids=x, use_cache=False).last_hidden_state[0, :-1] for x in (ids, changed))
     if not torch.allclose(before, after, atol=1e-5):
         raise ValueError(

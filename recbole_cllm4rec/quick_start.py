@@ -148,14 +148,13 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     log.info(model_obj)
     trainer = trainer_class(config, model_obj)
     trainer.split_fingerprint = fingerprint
-    if config["resume"]:
-        resume = config["resume"]
-        if resume is True:
-            resume = latest_resume_point(config["checkpoint_dir"], config["model"], config["dataset"], fingerprint)
-        trainer.resume_checkpoint(resume)
-
-    start = time()
     try:
+        if config["resume"]:
+            resume = config["resume"]
+            if resume is True:
+                resume = latest_resume_point(config["checkpoint_dir"], config["model"], config["dataset"], fingerprint)
+            trainer.resume_checkpoint(resume)
+        start = time()
         best_valid_score, best_valid_result = trainer.fit(
             train_data, valid_data, saved=saved, show_progress=config["show_progress"]
         )

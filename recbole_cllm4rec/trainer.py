@@ -27,11 +27,11 @@ a finished run only re-tests its best model.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import glob
 import hashlib
 import os
+import fcntl
 import random
 import shutil
 import socket
@@ -92,8 +92,8 @@ def process_alive(pid: int) -> bool:
 
 def remove_stale_temporaries(best_model_file: str) -> None:
     """The ``.tmp<pid>`` files a killed process left beside a run's checkpoints (its rename never came)."""
-    stem = best_model_file[: -len(".pth")]
-    for tmp in glob.glob(glob.escape(stem) + "*.pth.tmp*"):
+    stem = glob.escape(best_model_file[: -len(".pth")])
+    for tmp in glob.glob(stem + ".pth.tmp*") + glob.glob(stem + "-last.pth.tmp*"):
         pid = tmp.rsplit(".tmp", 1)[1]
         if pid.isdigit() and not process_alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
@@ -195,31 +195,33 @@ def reserve_run_file(path: str) -> str:
         k += 1
 
 
-def lock_run_files(best_model_file: str) -> str:
-    """Hold ``<run>.lock`` while a process trains or tests a run's files: two resumes of one resume
-    point would write and test the same best model and report each other's results. A lock whose
-    process is gone (killed) on this host is taken over; returns the lock's path."""
-    lock = best_model_file[: -len(".pth")] + ".lock"
-    me = f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(2):
+class RunLock:
+    """``<run>.lock``, held (``flock``) while a process trains or tests a run's files: two resumes of
+    one resume point would write and test the same best model and report each other's results. The
+    kernel drops the hold when the process dies, so a killed run never blocks the next one; the file
+    says who holds it and goes when it is released."""
+
+    def __init__(self, best_model_file: str) -> None:
+        self.path = best_model_file[: -len(".pth")] + ".lock"
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                pid, host = open(lock).read().split()
-            except (OSError, ValueError):
-                pid, host = "0", socket.gethostname()  # unreadable or half-written: its writer died
-            if host == socket.gethostname() and not process_alive(int(pid)):
-                os.remove(lock)
-                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise RuntimeError(
-                f"{best_model_file} is in use by another run (process {pid} on {host}): wait for it to finish; "
-                f"if no such run is going, remove {lock}"
+                f"{best_model_file} is in use by another run ({holder}): wait for it to finish"
             ) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        return lock
-    raise RuntimeError(f"could not lock {lock}")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)  # while still held: a process that opens it later makes a new one
+            os.close(self.fd)
+            self.fd = None
 
 
 class _WithoutDDP(AbstractTrainer):
@@ -268,7 +270,8 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         self.pretrain_optimizer = self._build_optimizer(learning_rate=self.pretrain_learning_rate)
         self.pretrain_start = 0  # pretraining epochs already done (warm-up included), set by resume
         self.finetuning = False
-        self.lock_file: str | None = None  # held from the files' reservation (or the resume) to the test
+        self.lock: RunLock | None = None  # rank 0's, held from the files' reservation (or the resume) to the test
+        self.files_locked = False
         if self.world > 1:
             # one run, one starting point (rank 0's ID tables)
             for parameter in model.trainable_parameters():
@@ -289,17 +292,29 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         self._lock_files()
 
     def _lock_files(self) -> None:
-        if self.rank == 0 and self.lock_file is None:
-            self.lock_file = lock_run_files(self.saved_model_file)
-            atexit.register(self.release_files)
-            remove_stale_temporaries(self.saved_model_file)  # only a process holding the lock may
+        """Rank 0 locks the run's files; every rank learns whether it may go on (no rank hangs in a
+        collective while rank 0 refuses)."""
+        if self.files_locked:  # the same answer on every rank: no rank waits in a broadcast alone
+            return
+        refusal = [None]
+        if self.rank == 0:
+            try:
+                self.lock = RunLock(self.saved_model_file)
+                remove_stale_temporaries(self.saved_model_file)  # only the process holding the lock may
+            except RuntimeError as exc:
+                refusal = [str(exc)]
+        if self.world > 1:
+            dist.broadcast_object_list(refusal, src=0)
+        if refusal[0]:
+            raise RuntimeError(refusal[0])
+        self.files_locked = True
 
     def release_files(self) -> None:
-        """Let other processes use this run's files (after its test): the lock goes."""
-        if self.lock_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.lock_file)
-            self.lock_file = None
+        """Let other processes use this run's files (after its test)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        self.files_locked = False
 
     def _state(self, epoch: int, optimizer) -> dict:
         return {

@@ -146,7 +146,7 @@ def check_config_files(paths) -> None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         try:
-            yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            yaml.load(Path(path).read_text(encoding="utf-8"), Loader=yaml.FullLoader)  # RecBole's loader's base
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""

@@ -1,6 +1,5 @@
 """Bad inputs, second round (docs/reliability.md): each gets the correct result or one line naming what to fix."""
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -53,6 +52,7 @@ def finished_run(root):
 
 def test_a_second_process_on_one_run_is_refused_until_the_first_is_gone(tiny_data):
     import subprocess
+    import sys
 
     from conftest import tiny_config_dict
 
@@ -61,17 +61,21 @@ def test_a_second_process_on_one_run_is_refused_until_the_first_is_gone(tiny_dat
     first = finished_run(tiny_data)
     lock = tiny_data / "saved" / (Path(first["checkpoint"]).stem + ".lock")
     assert not lock.exists()  # released after the test
-    other = subprocess.Popen(["sleep", "60"])  # a live process of this host holds the run
+    holder = subprocess.Popen(  # another process on this run: it holds the lock as a run would
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'process 4242 on elsewhere'); print(flush=True); time.sleep(60)",
+         str(lock)], stdout=subprocess.PIPE)  # fmt: skip
     try:
-        lock.write_text(f"{other.pid} {socket.gethostname()}")
-        with pytest.raises(RuntimeError, match=rf"^{re.escape(first['checkpoint'])} is in use by another run \(process {other.pid} on "):
+        holder.stdout.readline()  # it holds the lock now
+        with pytest.raises(RuntimeError, match=rf"^{re.escape(first['checkpoint'])} is in use by another run \(process 4242 on elsewhere\): wait"):
             run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data, resume=True))
     finally:
-        other.kill()
-        other.wait()
-    stale = Path(first["checkpoint"] + f".tmp{other.pid}")  # what a kill -9 during a write leaves
+        holder.kill()  # as kill -9 would: the kernel drops its hold, its file stays
+        holder.wait()
+    assert lock.exists()
+    stale = Path(first["checkpoint"] + f".tmp{holder.pid}")  # what a kill -9 during a write leaves
     stale.write_bytes(b"")
-    again = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data, resume=True))  # the lock's process is gone
+    again = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data, resume=True))
     assert again["test_result"] == first["test_result"] and not lock.exists() and not stale.exists()
 
 
