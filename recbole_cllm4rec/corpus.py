@@ -378,8 +378,11 @@ class Documents(nn.Module):
             raise ValueError("recommendation_prompt must contain {items}")
         self.recommendation_prefix = SoftHardPrompt(before.rstrip(), tokenizer, layout)
         self.recommendation_suffix = SoftHardPrompt(after, tokenizer, layout)
-        if self.prompt_length("recommendation") >= min(self.max_seq_len, self.scoring_max_seq_len):
-            raise ValueError(f"max_seq_len={self.max_seq_len} leaves no room for items in recommendation_prompt")
+        for stage, key, cap in (("collaborative", "max_seq_len", self.max_seq_len), ("recommendation", "max_seq_len", self.max_seq_len),
+                                ("scoring", "scoring_max_seq_len", self.scoring_max_seq_len)):  # fmt: skip
+            if self.prompt_length(stage) >= cap:
+                prompt = "collaborative_prompt" if stage == "collaborative" else "recommendation_prompt"
+                raise ValueError(f"{key}={cap} leaves no room for items in {prompt}")
         self.register_buffer("history_items", history, persistent=False)
         self.register_buffer("history_len", (history > 0).sum(dim=1), persistent=False)
 

@@ -179,22 +179,6 @@ class GatheredEvaluator:
         return self.evaluator.evaluate(struct)
 
 
-def reserve_run_file(path: str) -> str:
-    """``path`` (RecBole's ``<model>-<second>.pth``), else ``-1``, ``-2``... : the first name whose
-    best-model file can be created exclusively and whose resume point does not exist. The empty
-    file holds the name until the best model replaces it, so concurrent runs never share names."""
-    stem, k = path[: -len(".pth")], 0
-    while True:
-        candidate = f"{stem}-{k}.pth" if k else path
-        if not os.path.exists(candidate[: -len(".pth")] + "-last.pth"):
-            try:
-                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-                return candidate
-            except FileExistsError:
-                pass
-        k += 1
-
-
 class RunLock:
     """``<run>.lock``, held (``flock``) while a process trains or tests a run's files: two resumes of
     one resume point would write and test the same best model and report each other's results. The
@@ -222,6 +206,44 @@ class RunLock:
                 os.remove(self.path)  # while still held: a process that opens it later makes a new one
             os.close(self.fd)
             self.fd = None
+
+
+def reserve_run_file(path: str) -> tuple[str, RunLock]:
+    """``path`` (RecBole's ``<model>-<second>.pth``), else ``-1``, ``-2``... : the first name this process
+    can lock whose best-model file can be created exclusively and whose resume point does not exist.
+    Locked before it is created, so a name is never reserved without its lock; the empty file holds
+    the name until the best model replaces it, so concurrent runs never share names."""
+    stem, k = path[: -len(".pth")], 0
+    while True:
+        candidate = f"{stem}-{k}.pth" if k else path
+        k += 1
+        try:
+            lock = RunLock(candidate)
+        except RuntimeError:
+            continue
+        if not os.path.exists(candidate[: -len(".pth")] + "-last.pth"):
+            try:
+                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                return candidate, lock
+            except FileExistsError:
+                pass
+        lock.release()
+
+
+def remove_orphan_reservations(checkpoint_dir: str, model: str) -> None:
+    """Empty best-model files that hold a name for nobody: a run killed before its first checkpoint
+    (no resume point, and its lock is free, so no process is about to fill it)."""
+    for path in glob.glob(os.path.join(glob.escape(checkpoint_dir), f"{glob.escape(model)}-*.pth")):
+        if path.endswith("-last.pth") or os.path.getsize(path) or os.path.exists(path[: -len(".pth")] + "-last.pth"):
+            continue
+        try:
+            lock = RunLock(path)
+        except RuntimeError:
+            continue  # a live run's reservation
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.getsize(path) == 0 and not os.path.exists(path[: -len(".pth")] + "-last.pth"):
+                os.remove(path)
+        lock.release()
 
 
 class _WithoutDDP(AbstractTrainer):
@@ -284,12 +306,15 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
 
     # ------------------------------------------------------------------ checkpoints
     def _reserve_files(self) -> None:
-        """One run, one set of files: rank 0 reserves the names (and locks them), every rank uses them."""
-        names = [reserve_run_file(self.saved_model_file) if self.rank == 0 else None]
+        """One run, one set of files: rank 0 reserves the names (locked from the start), every rank uses them."""
+        names = [None]
+        if self.rank == 0:
+            remove_orphan_reservations(self.config["checkpoint_dir"], self.config["model"])
+            names[0], self.lock = reserve_run_file(self.saved_model_file)
         if self.world > 1:
             dist.broadcast_object_list(names, src=0)
         self.saved_model_file = names[0]
-        self._lock_files()
+        self.files_locked = True
 
     def _lock_files(self) -> None:
         """Rank 0 locks the run's files; every rank learns whether it may go on (no rank hangs in a

@@ -178,3 +178,40 @@ def test_the_stored_history_does_not_depend_on_what_drew_from_the_global_rng_bef
     torch.rand(12345)  # what a backbone conversion would draw
     assert torch.equal(stored_history(train.dataset, seed=2020), first)
     assert not torch.equal(stored_history(train.dataset, seed=1), first)  # the ties are real: the seed orders them
+
+
+def test_an_empty_reservation_nobody_holds_is_removed_and_a_held_one_kept(tiny_data):
+    import stat
+    import subprocess
+    import sys
+
+    from recbole_cllm4rec.trainer import RunLock
+
+    saved = tiny_data / "saved"
+    saved.mkdir()
+    orphan = saved / "CLLM4Rec-Jan-01-2026_00-00-00.pth"  # a run killed before its first checkpoint
+    orphan.write_bytes(b"")
+    held = saved / "CLLM4Rec-Jan-01-2026_00-00-01.pth"  # a run that has just reserved its name
+    held.write_bytes(b"")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print(flush=True); time.sleep(60)", str(held.with_suffix(".lock"))],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        holder.stdout.readline()
+        result = finished_run(tiny_data)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not orphan.exists() and held.exists()
+    mine = Path(result["checkpoint"])
+    assert mine.stat().st_size > 0 and stat.S_IMODE(mine.stat().st_mode) == 0o644
+    RunLock(str(held)).release()  # the holder is gone: its lock is free again
+
+
+def test_a_length_cap_that_leaves_no_room_for_items_names_its_key_and_prompt(tiny_data):
+    with pytest.raises(ValueError, match=r"^max_seq_len=20 leaves no room for items in collaborative_prompt$"):
+        make_model(tiny_data, max_seq_len=20)  # the byte-level prompt alone is longer (the text prompts fit)
+    with pytest.raises(ValueError, match=r"^scoring_max_seq_len=16 leaves no room for items in recommendation_prompt$"):
+        make_model(tiny_data, scoring_max_seq_len=16)
