@@ -429,8 +429,13 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         return units, model.documents.lengths(stage, units.to(self.device)).cpu(), step
 
     def stage_batches(self, stage: str, regularize: bool = True):
-        """One epoch's batches of a stage (packed to ``train_batch_tokens``) and its loss step."""
+        """One epoch's batches of a stage and its loss step: packed by length to ``train_batch_tokens``
+        padded tokens, or, with ``train_batch_documents`` N, N documents in random order per step (the
+        public code's 20: each padded to its batch's longest)."""
         units, lengths, step = self.stage_documents(stage, regularize)
+        per_step = self.config["train_batch_documents"]
+        if per_step:
+            return list(units[torch.randperm(len(units))].split(per_step)), step
         return [units[b] for b in token_budget_batches(lengths, self.config["train_batch_tokens"])], step
 
     def _seed_pass(self, stage: str, epoch_idx: int) -> None:

@@ -89,6 +89,7 @@ class CLLM4Rec(GeneralRecommender):
         "item_bias": Rule(bool),
         "visible_target_weight": Rule(float, low=0, high=1),
         "train_batch_tokens": Rule(int, low=1),
+        "train_batch_documents": Rule(int, low=1, optional=True),
         "eval_batch_tokens": Rule(int, low=1),
         "item_chunk_size": Rule(int, low=1),
     }
@@ -235,11 +236,12 @@ class CLLM4Rec(GeneralRecommender):
             with torch.no_grad():
                 self.item_bias.weight[:, 0] = log_pop - log_pop[1:].mean()
         # Every user weighs the same in the finetuning loss, whichever batch the packer puts them in:
-        # the loss is divided by a constant, the expected number of users per batch.
+        # the loss is divided by a constant, the (expected) number of users per batch.
         train_users = torch.nonzero(self.documents.history_len > 0).squeeze(1)
         lengths = self.documents.lengths("recommendation", train_users).float()
         mean_length = lengths.mean().item() if len(train_users) else 1.0
-        self.users_per_batch = max(1.0, config["train_batch_tokens"] / mean_length)
+        per_step = config["train_batch_documents"]
+        self.users_per_batch = float(per_step) if per_step else max(1.0, config["train_batch_tokens"] / mean_length)
 
     # ------------------------------------------------------------------ parameters and checkpoints
     def id_tables(self) -> list[nn.Embedding]:
