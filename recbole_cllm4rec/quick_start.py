@@ -93,17 +93,16 @@ def cold_start_lines(train, valid, test) -> list[str]:
     """How many evaluation users and items never occur in training: a model has only priors for them
     (CLLM4Rec: a cold user's prompt holds no items, a cold item is ranked by its bias alone, the same
     for every such item), so a pre-split dataset full of them measures something else."""
-    seen_users = set(train.inter_feat[train.uid_field].tolist())
-    seen_items = set(train.inter_feat[train.iid_field].tolist())
+    seen_users, seen_items = train.inter_feat[train.uid_field].unique(), train.inter_feat[train.iid_field].unique()
     lines = []
     for name, part in (("validation", valid), ("test", test)):
-        users = set(part.inter_feat[part.uid_field].tolist())
-        items = part.inter_feat[part.iid_field].tolist()
-        cold_users, cold_rows = users - seen_users, sum(i not in seen_items for i in items)
-        if cold_users or cold_rows:
+        users, items = part.inter_feat[part.uid_field].unique(), part.inter_feat[part.iid_field]
+        cold_users = int((~torch.isin(users, seen_users)).sum())
+        cold = ~torch.isin(items, seen_items)
+        if cold_users or cold.any():
             lines.append(
-                f"{name}: {len(cold_users)} of {len(users)} users have no training interactions, {cold_rows} of "
-                f"{len(items)} interactions are of {len(set(items) - seen_items)} items never seen in training "
+                f"{name}: {cold_users} of {len(users)} users have no training interactions, {int(cold.sum())} of "
+                f"{len(items)} interactions are of {len(items[cold].unique())} items never seen in training "
                 "(a model has only its priors for them; CLLM4Rec scores such items by their bias alone, all alike)"
             )
     return lines

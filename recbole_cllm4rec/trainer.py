@@ -28,10 +28,10 @@ a finished run only re-tests its best model.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import os
-import fcntl
 import random
 import shutil
 import socket
@@ -80,24 +80,13 @@ def atomic_save(state: dict, path: str) -> None:
         ) from exc
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def remove_stale_temporaries(best_model_file: str) -> None:
-    """The ``.tmp<pid>`` files a killed process left beside a run's checkpoints (its rename never came)."""
+    """The ``.tmp<pid>`` files a killed process left beside a run's checkpoints (its rename never came).
+    Called by the holder of the run's lock, the only process that writes them: every one found is stale."""
     stem = glob.escape(best_model_file[: -len(".pth")])
     for tmp in glob.glob(stem + ".pth.tmp*") + glob.glob(stem + "-last.pth.tmp*"):
-        pid = tmp.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 def load_checkpoint(path: str, device, verify: bool = True) -> dict:
@@ -234,13 +223,13 @@ def remove_orphan_reservations(checkpoint_dir: str, model: str) -> None:
     """Empty best-model files that hold a name for nobody: a run killed before its first checkpoint
     (no resume point, and its lock is free, so no process is about to fill it)."""
     for path in glob.glob(os.path.join(glob.escape(checkpoint_dir), f"{glob.escape(model)}-*.pth")):
-        if path.endswith("-last.pth") or os.path.getsize(path) or os.path.exists(path[: -len(".pth")] + "-last.pth"):
+        if path.endswith("-last.pth") or os.path.getsize(path):
             continue
         try:
             lock = RunLock(path)
         except RuntimeError:
             continue  # a live run's reservation
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):  # looked at under the lock: nobody fills it meanwhile
             if os.path.getsize(path) == 0 and not os.path.exists(path[: -len(".pth")] + "-last.pth"):
                 os.remove(path)
         lock.release()

@@ -124,15 +124,11 @@ RETIRED_AT = "ef9cea6"  # the last commit that has them
 def check_retired_options(values, where: str = "config") -> None:
     """Refuse a retired research option set to anything but today's behaviour, naming the commit that
     still runs it (``values``: a config or its dict; ``where``: whose values they are)."""
-    for key, neutral in RETIRED_OPTIONS.items():
-        value = values[key] if key in values else neutral
-        if neutral is not ANY and value != neutral:
-            break
-    else:
-        key = next((k for k, old in RETIRED_CHOICES.items() if k in values and values[k] in old), None)
-        if key is None:
-            return
-        value = values[key]
+    retired = [k for k, neutral in RETIRED_OPTIONS.items() if neutral is not ANY and k in values and values[k] != neutral]
+    retired += [k for k, old in RETIRED_CHOICES.items() if k in values and values[k] in old]
+    if not retired:
+        return
+    key, value = retired[0], values[retired[0]]
     raise ValueError(
         f"{where}: {key}={value!r} is a research option that was removed after it lost on validation "
         f"(docs/results.md); commit {RETIRED_AT} still runs it (git checkout {RETIRED_AT})"
@@ -220,6 +216,8 @@ def check_atomic_file(path: Path, separator: str = "\t", key_fields: tuple[str, 
 
 def check_utf8(path: Path, line_no: int, line: bytes) -> None:
     """Refuse a line that is not UTF-8, naming the file, the line and the first bad bytes."""
+    if line.isascii():  # most lines of most files: no decoding needed
+        return
     try:
         line.decode("utf-8")
     except UnicodeDecodeError as exc:
