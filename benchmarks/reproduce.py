@@ -36,9 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import recbole_cllm4rec  # noqa: E402,F401
 from recbole_cllm4rec.quick_start import markdown_table, run_model  # noqa: E402
 
-BASELINES = ["Pop", "ItemKNN", "BPR", "MultiVAE", "MultiDAE", "RecVAE", "LightGCN", "EASE"]
+BASELINES = ["Pop", "ItemKNN", "BPR", "MultiVAE", "MultiDAE", "RecVAE", "LightGCN", "EASE", "EASEText"]
 SWEEPS: dict[str, list[dict]] = {
     "EASE": [{"reg_weight": w} for w in (25.0, 100.0, 250.0, 500.0, 1000.0)],
+    # user text (ml-100k's age, gender, occupation as extra columns) lowered validation: not swept
+    "EASEText": [{"reg_weight": w, "text_weight": a} for w in (100.0, 250.0, 500.0) for a in (0.25, 0.5, 1.0, 2.0, 4.0)],
     "MultiVAE": [{"learning_rate": lr, "anneal_cap": cap} for lr in (1e-3, 1e-4) for cap in (0.2, 0.5)],
     "LightGCN": [{"n_layers": n} for n in (1, 2, 3)],
 }
@@ -77,8 +79,11 @@ VARIANTS: dict[str, dict] = {
     "CLLM4Rec-paper": PAPER,
     "CLLM4Rec-no-reg": {"lambda_c": 0.0},
     "CLLM4Rec-sum-reg": {"mutual_reg_reduction": "sum"},
+    # what the text and the language model bring (issue rows): no content documents; the layers'
+    # states out of the item head (the ID path alone, same training); random backbone weights
     "CLLM4Rec-no-text": {"item_text_template": None, "user_text_template": None},
-    "CLLM4Rec-random-llm": {"llm_pretrained": False},
+    "CLLM4Rec-no-LM": {"readout_state_weight": 0.0},
+    "CLLM4Rec-random-LM": {"llm_pretrained": False},
     "CLLM4Rec-masked-target": {"visible_target_weight": 0.0},
     "CLLM4Rec-random-init": {"item_init": "random"},
     "CLLM4Rec-last-token": {"readout": "last", "readout_skip": 0.0},

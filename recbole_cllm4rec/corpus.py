@@ -192,18 +192,17 @@ def internal_ids(dataset, field: str, tokens: pd.Series) -> np.ndarray:
     return tokens.map(dataset.field2token_id[field]).fillna(0).to_numpy(dtype=np.int64)
 
 
-def field_texts(dataset, source: str, template: str) -> list[str]:
-    """Fill ``template`` (``"{title} by {brand}"``) from the ``.item``/``.user`` file, one string per id.
+def field_values(dataset, source: str, fields: list[str], key: str) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """(internal ids, unescaped ``fields`` values) of each row of the ``.item``/``.user`` file.
 
-    ``texts[i]`` is internal id ``i``'s text; ``""`` for ids without a row or with every referenced
-    field empty (no document for them).
+    Internal id 0: a row the dataset does not know. One row per id: a repeated id is refused with its
+    lines (which text is meant?). ``key`` names the config key that asked for the fields, for errors.
     """
     id_field = dataset.iid_field if source == "item" else dataset.uid_field
-    fields = re.findall(r"\{(\w+)\}", template)
     try:
         frame = read_atomic_columns(atomic_file(dataset, source), [id_field] + fields)
     except (FileNotFoundError, ValueError) as exc:
-        raise ValueError(f"{source}_text_template {template!r}: {exc}") from exc
+        raise ValueError(f"{key}: {exc}") from exc
     repeated = frame[id_field][frame[id_field].duplicated(keep=False)]
     if len(repeated):
         first = repeated.iloc[0]
@@ -212,11 +211,27 @@ def field_texts(dataset, source: str, template: str) -> list[str]:
             f"{atomic_file(dataset, source).name}: {repeated.nunique()} {id_field} value(s) have more than one row, "
             f"e.g. {first!r} on lines {', '.join(map(str, lines))}: keep one row per {source} (which text is meant?)"
         )
-    texts = [""] * dataset.num(id_field)
-    ids = internal_ids(dataset, id_field, frame[id_field])
-    for row, values in zip(ids.tolist(), frame[fields].itertuples(index=False)):
-        if row and any(values):
-            texts[row] = template.format(**{f: unescape(v) for f, v in zip(fields, values)}).strip()
+    values = [tuple(unescape(v) for v in row) for row in frame[fields].itertuples(index=False)]
+    return internal_ids(dataset, id_field, frame[id_field]), values
+
+
+def template_fields(template: str) -> list[str]:
+    """The ``{field}`` names of a text template, in order."""
+    return re.findall(r"\{(\w+)\}", template)
+
+
+def field_texts(dataset, source: str, template: str) -> list[str]:
+    """Fill ``template`` (``"{title} by {brand}"``) from the ``.item``/``.user`` file, one string per id.
+
+    ``texts[i]`` is internal id ``i``'s text; ``""`` for ids without a row or with every referenced
+    field empty (no document for them).
+    """
+    fields = template_fields(template)
+    ids, values = field_values(dataset, source, fields, f"{source}_text_template {template!r}")
+    texts = [""] * dataset.num(dataset.iid_field if source == "item" else dataset.uid_field)
+    for row, row_values in zip(ids.tolist(), values):
+        if row and any(row_values):
+            texts[row] = template.format(**dict(zip(fields, row_values))).strip()
     return texts
 
 

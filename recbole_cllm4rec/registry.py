@@ -24,7 +24,10 @@ PROPERTIES_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().p
 
 # model name -> "module:Class"; trainers resolved the same way. Imported lazily: the model module
 # pulls in transformers, which RecBole baselines never need.
-MODELS = {"CLLM4Rec": "recbole_cllm4rec.model.cllm4rec:CLLM4Rec"}
+MODELS = {
+    "CLLM4Rec": "recbole_cllm4rec.model.cllm4rec:CLLM4Rec",
+    "EASEText": "recbole_cllm4rec.model.easetext:EASEText",  # the text-aware linear baseline
+}
 TRAINERS = {"CLLM4Rec": "recbole_cllm4rec.trainer:CLLM4RecTrainer"}
 
 _RECBOLE_MODEL_PACKAGES = (
