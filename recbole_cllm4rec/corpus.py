@@ -54,6 +54,11 @@ class IdLayout:
         """Rows of ID tokens ``ids`` in the stacked ``[users; items]`` table."""
         return ids - self.vocab_size
 
+    def as_words(self, ids: torch.Tensor, user_word: int, item_word: int) -> torch.Tensor:
+        """``ids`` with every user token replaced by the word ``user_word`` and every item token by
+        ``item_word``: the same document as the plain LM reads it, position for position."""
+        return torch.where(self.is_user(ids), user_word, torch.where(self.is_item(ids), item_word, ids))
+
     def split(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(word, user, item) indices of every position, each clamped into its own table's range."""
         v, u = self.vocab_size, self.n_users

@@ -193,8 +193,11 @@ def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
     """
     checkpoint = load_checkpoint(checkpoint_file, "cpu")
     config = checkpoint["config"]
-    # keys the model's yaml gained after the checkpoint was saved: their defaults (a new option's
-    # default keeps the behaviour the checkpoint was trained with)
+    # keys the model's yaml gained after the checkpoint was saved: what the checkpoint was trained
+    # with (a key another key stood for then), else their defaults
+    for key, stood_for in getattr(get_model(config["model"]), "EARLIER_KEYS", {}).items():
+        if key not in config.final_config_dict:
+            config[key] = config[stood_for]
     defaults = PROPERTIES_DIR / f"{config['model']}.yaml"
     if defaults.is_file():
         loaded = yaml.load(defaults.read_text(), Loader=config.yaml_loader)  # RecBole's loader: 1e-4 is a float

@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import math
 import os
 import random
 import shutil
@@ -267,6 +268,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         self.loss_history: list[tuple[str, str, int, float, float]] = []  # (phase, stage, epoch, loss, reg)
         self.stage_seconds: dict[str, float] = {}  # wall time per "phase/stage", summed over epochs
         self.valid_history: list[dict] = []  # validation metrics after each finetuning epoch (the curve)
+        self.plain_prompt_loss: float | None = None  # the content corpus read by the plain LM, once
         self.pretrain_epochs = config["pretrain_epochs"]
         self.content_warmup_epochs = config["content_warmup_epochs"]
         self.pretrain_learning_rate = config["pretrain_learning_rate"]
@@ -491,14 +493,45 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         self.stage_seconds[f"{phase}/{stage}"] = self.stage_seconds.get(f"{phase}/{stage}", 0.0) + time() - start
         return loss, reg
 
+    @torch.no_grad()
+    def content_eval_loss(self, plain: bool = False) -> float:
+        """The content LM's loss per text token on its whole corpus, without training: the mean over
+        the content stage's batches, as its training loss is. ``plain``: the frozen LM's own, with the
+        words ``user`` / ``item`` in place of the ID tokens."""
+        self.model.eval()
+        self._seed_pass("content", -1)
+        batches, _ = self.stage_batches("content", regularize=False)
+        shard, losses = (self.rank, self.world), torch.zeros(len(batches), dtype=torch.float64)
+        for k, batch in enumerate(batches):
+            if len(batch) > self.rank:
+                losses[k] = self.model.content_lm_loss(batch.to(self.device), shard, regularize=False, plain=plain)[0].item()
+        if self.world > 1:
+            dist.all_reduce(losses)
+        return losses.mean().item()
+
+    def content_reference_loss(self) -> float:
+        """The plain prompt's loss (``content_eval_loss(plain=True)``), once per run: the content LM's ID
+        tokens carry their user or item only where its loss is below this."""
+        if self.plain_prompt_loss is None:
+            self.plain_prompt_loss = self.content_eval_loss(plain=True)
+        return self.plain_prompt_loss
+
     def _log_pass(self, phase: str, stage: str, epoch_idx: int, start: float, losses: tuple[float, float]) -> None:
-        """A pretraining pass in the log and in TensorBoard (finetuning epochs go through RecBole's)."""
+        """A pretraining pass in the log and in TensorBoard (finetuning epochs go through RecBole's); a
+        content pass beside the plain prompt's loss and a uniform guess's (nats per text token)."""
+        elapsed = time() - start
         self.tensorboard.add_scalar(f"Pretrain/{stage} loss", losses[0], epoch_idx)
         self.tensorboard.add_scalar(f"Pretrain/{stage} mutual reg", losses[1], epoch_idx)
+        references = ""
+        if stage == "content":
+            plain, uniform = self.content_reference_loss(), math.log(self.model.layout.vocab_size)
+            self.tensorboard.add_scalar("Pretrain/content loss, plain prompt", plain, epoch_idx)
+            references = f", {set_color('plain prompt', 'blue')}: {plain:.4f}, {set_color('uniform', 'blue')}: {uniform:.4f}"
         self.logger.info(
             set_color(f"{phase} epoch {epoch_idx} {stage}", "green")
-            + f" [{set_color('time', 'blue')}: {time() - start:.2f}s, "
-            + f"{set_color('loss', 'blue')}: {losses[0]:.4f}, {set_color('mutual reg', 'blue')}: {losses[1]:.4f}]"
+            + f" [{set_color('time', 'blue')}: {elapsed:.2f}s, "
+            + f"{set_color('loss', 'blue')}: {losses[0]:.4f}, {set_color('mutual reg', 'blue')}: {losses[1]:.4f}"
+            + references + "]"
         )
 
     # ------------------------------------------------------------------ stage 1

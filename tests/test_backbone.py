@@ -77,7 +77,7 @@ def test_llm_layers_keeps_the_first_layers_and_changes_the_fingerprint(tiny_data
     from conftest import make_model
 
     _, full, _ = make_model(tiny_data)
-    _, short, _ = make_model(tiny_data, llm_layers=1)
+    _, short, _ = make_model(tiny_data, llm_layers=1, content_layers=1)  # both sides at 1: a truncated backbone
     assert len(full.backbone.base_model.layers) == 2 and len(short.backbone.base_model.layers) == 1
     assert not torch.equal(full.backbone_fingerprint, short.backbone_fingerprint)
     first = full.backbone.base_model.layers[0].self_attn.q_proj.weight
@@ -88,3 +88,24 @@ def test_llm_layers_keeps_the_first_layers_and_changes_the_fingerprint(tiny_data
     assert torch.equal(capped.backbone_fingerprint, full.backbone_fingerprint)
     with pytest.raises(ValueError, match="llm_layers=0 must be at least 1"):
         make_model(tiny_data, llm_layers=0)
+    with pytest.raises(ValueError, match="content_layers=0 must be at least 1"):
+        make_model(tiny_data, content_layers=0)
+
+
+def test_each_side_reads_its_own_depth_of_one_backbone(tiny_data):
+    """llm_layers 1 with the content LM at full depth: the collaborative side reads exactly what a
+    1-layer backbone gives, the content side what the whole one gives, from one set of weights."""
+    from conftest import make_model
+
+    _, full, _ = make_model(tiny_data)
+    _, short, _ = make_model(tiny_data, llm_layers=1, content_layers=1)
+    _, mixed, _ = make_model(tiny_data, llm_layers=1)
+    assert len(mixed.backbone.base_model.layers) == 2 and mixed.depths == {"collaborative": 1, "content": 2}
+    assert mixed.backbone.config.num_hidden_layers == 2  # the view's config is its own
+    ids, length, _ = mixed.documents.collaborative(torch.arange(1, 4))
+    for side, same_as in (("collaborative", short), ("content", full)):
+        torch.testing.assert_close(mixed.hidden_states(ids, length, side), same_as.hidden_states(ids, length, side))
+    # the fingerprint tells the three apart; the view adds nothing to checkpoints
+    prints = [m.backbone_fingerprint for m in (full, short, mixed)]
+    assert all(not torch.equal(a, b) for k, a in enumerate(prints) for b in prints[k + 1 :])
+    assert not any(k.startswith("backbone.") for k in mixed.state_dict())

@@ -206,17 +206,20 @@ def test_backbone_parameters_that_train_are_saved_and_frozen_ones_are_not(tiny_d
 def test_the_backbone_builds_no_kv_cache(tiny_data):
     _, model, _ = make_model(tiny_data)
     seen = []
-    body = model.backbone_body
 
-    def recording(**kwargs):
-        out = body(**kwargs)
-        seen.append((kwargs.get("use_cache"), out.past_key_values))
-        return out
+    def recording(body):
+        def call(**kwargs):
+            out = body(**kwargs)
+            seen.append((kwargs.get("use_cache"), out.past_key_values))
+            return out
 
-    model.backbone_body = recording
+        return call
+
+    model.bodies = {side: recording(body) for side, body in model.bodies.items()}
     model.recommendation_loss(torch.tensor([1, 2]))
     model.collaborative_lm_loss(torch.tensor([1, 2]))
-    assert seen and all(flag is False and cache is None for flag, cache in seen)
+    model.content_lm_loss(torch.tensor([0, 1]))
+    assert len(seen) == 3 and all(flag is False and cache is None for flag, cache in seen)
 
 
 def test_item_bias_starts_at_centred_log_popularity_and_adds_to_every_logit(tiny_data):

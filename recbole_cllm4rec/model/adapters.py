@@ -3,15 +3,18 @@ its fingerprint. Everything else about the backbone (loading, the random-weight 
 ``recbole_cllm4rec.backbone``."""
 from __future__ import annotations
 
+import copy
 import hashlib
 
 import torch
 from torch import nn
 
 
-def backbone_fingerprint(backbone: nn.Module) -> torch.Tensor:
-    """A BLAKE2b digest of the backbone's weights (names, shapes, bytes) as a uint8 tensor."""
+def backbone_fingerprint(backbone: nn.Module, how_read: str = "") -> torch.Tensor:
+    """A BLAKE2b digest of the backbone's weights (names, shapes, bytes), and of ``how_read`` when
+    given (which depth each side reads), as a uint8 tensor."""
     digest = hashlib.blake2b(digest_size=16)
+    digest.update(how_read.encode())
     for name, tensor in sorted(backbone.state_dict().items()):
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -42,6 +45,26 @@ def truncate_layers(backbone: nn.Module, n_layers: int) -> None:
     backbone.config.num_hidden_layers = n_layers
     if getattr(backbone.config, "layer_types", None):
         backbone.config.layer_types = backbone.config.layer_types[:n_layers]
+
+
+def layer_view(backbone: nn.Module, n_layers: int | None) -> nn.Module:
+    """The backbone's base model reading only its first ``n_layers`` blocks (then the final norm).
+
+    A view, not a copy: it shares every block, weight and buffer with the backbone (and so its LoRA
+    adapters, device and dtype), so one loaded backbone serves a shallow pass and a deep one. The
+    base model itself when ``n_layers`` is ``None`` or at least its depth.
+    """
+    base, name = backbone.base_model, block_list_name(backbone)
+    layers = getattr(base, name)
+    if n_layers is None or n_layers >= len(layers):
+        return base
+    view = copy.copy(base)
+    view._modules = {**base._modules, name: layers[:n_layers]}  # its own block list, the same blocks
+    view.config = copy.copy(base.config)
+    view.config.num_hidden_layers = n_layers
+    if getattr(view.config, "layer_types", None):
+        view.config.layer_types = view.config.layer_types[:n_layers]
+    return view
 
 
 def cpu_has_native_bf16() -> bool:

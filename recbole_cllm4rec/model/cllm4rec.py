@@ -50,7 +50,15 @@ from recbole_cllm4rec.corpus import (
     stored_history,
     token_budget_batches,
 )
-from recbole_cllm4rec.model.adapters import add_lora, autocast_dtype, backbone_fingerprint, set_dropout, truncate_layers
+from recbole_cllm4rec.model.adapters import (
+    add_lora,
+    autocast_dtype,
+    backbone_fingerprint,
+    block_list_name,
+    layer_view,
+    set_dropout,
+    truncate_layers,
+)
 from recbole_cllm4rec.model.item_softmax import ItemLogSumExp
 from recbole_cllm4rec.validation import Rule, check_config_values
 
@@ -64,6 +72,7 @@ class CLLM4Rec(GeneralRecommender):
     CONFIG_RULES = {
         # build_backbone
         "llm_layers": Rule(int, low=1, optional=True),
+        "content_layers": Rule(int, low=1, optional=True),
         "llm_dtype": Rule(str, choices=("auto", "float32", "bfloat16", "float16")),
         "llm_dropout": Rule(float, low=0, below=1, optional=True),
         "llm_compile": Rule(bool),
@@ -94,6 +103,10 @@ class CLLM4Rec(GeneralRecommender):
         "item_chunk_size": Rule(int, low=1),
     }
 
+    # a key that did not exist when a checkpoint was saved -> the key whose value it had then
+    # (before content_layers, the content LM read llm_layers)
+    EARLIER_KEYS = {"content_layers": "llm_layers"}
+
     def __init__(self, config, dataset):
         check_config_values(config, self.CONFIG_RULES)
         super().__init__(config, dataset)
@@ -105,26 +118,39 @@ class CLLM4Rec(GeneralRecommender):
 
     # ------------------------------------------------------------------ construction
     def build_backbone(self, config) -> None:
-        """The frozen LM (``llm``): optionally random weights, fewer layers, dropout, LoRA adapters."""
+        """The frozen LM (``llm``): optionally random weights, fewer layers, dropout, LoRA adapters.
+
+        Each side reads its own depth of the one backbone: the collaborative side (collaborative LM,
+        finetuning, scoring) its first ``llm_layers`` blocks, the content LM its first
+        ``content_layers`` (``~``: all). The word head was trained on the last layer: read off layer
+        4 of SmolLM2-135M it scores item text at 23.8 nats per token, worse than a uniform guess
+        (10.8); off all 30, 3.9 (``docs/results.md``).
+        """
         self.llm = config["llm"]
         self.backbone, self.tokenizer = load_backbone(self.llm, config["llm_cache_dir"])
         if not config["llm_pretrained"]:
             reinitialize(self.backbone, config["seed"])
-        if config["llm_layers"] is not None:
-            truncate_layers(self.backbone, config["llm_layers"])
+        depths = {"collaborative": config["llm_layers"], "content": config["content_layers"]}
+        if None not in depths.values():
+            truncate_layers(self.backbone, max(depths.values()))
+        views = {side: layer_view(self.backbone, depth) for side, depth in depths.items()}
+        self.depths = {side: len(getattr(view, block_list_name(self.backbone))) for side, view in views.items()}
         self.backbone.requires_grad_(False)
         self.llm_dropout = config["llm_dropout"] or 0.0
         if self.llm_dropout:
             set_dropout(self.backbone, self.llm_dropout)
-        # The backbone's identity travels in every checkpoint (the weights themselves do not).
-        self.register_buffer("backbone_fingerprint", backbone_fingerprint(self.backbone))
+        # The backbone's identity travels in every checkpoint (the weights themselves do not), with
+        # each side's depth where they differ.
+        sides = "" if len(set(self.depths.values())) == 1 else repr(sorted(self.depths.items()))
+        self.register_buffer("backbone_fingerprint", backbone_fingerprint(self.backbone, sides))
         self.backbone_learning_rate = config["backbone_learning_rate"]
         if config["lora_rank"]:
             add_lora(self.backbone, config["lora_rank"], config["lora_alpha"], config["lora_targets"], config["seed"])
         self.autocast_dtype = autocast_dtype(config["llm_dtype"], config["device"])
-        # torch.compile of the frozen body: shapes vary, so dynamic; compiling costs minutes up front
-        body = self.backbone.base_model.forward
-        self.backbone_body = torch.compile(body, dynamic=True) if config["llm_compile"] else body
+        # the bodies are views of the backbone, not submodules: nothing of theirs enters a checkpoint.
+        # torch.compile: shapes vary, so dynamic; compiling costs minutes up front
+        compiled = config["llm_compile"]
+        self.bodies = {side: torch.compile(v.forward, dynamic=True) if compiled else v.forward for side, v in views.items()}
         self.layout = IdLayout(self.backbone.get_input_embeddings().num_embeddings, self.n_users, self.n_items)
 
     def build_id_tables(self, config) -> None:
@@ -151,6 +177,8 @@ class CLLM4Rec(GeneralRecommender):
         history = stored_history(dataset, config["seed"])
         content = self.content_documents(config, dataset, history)
         self.documents = Documents(config, self.layout, self.tokenizer, history, content)
+        # the words a plain prompt has where the ID tokens stand (content_lm_loss(plain=True))
+        self.plain_words = tuple(self.tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("user", "item"))
         context = getattr(self.backbone.config, "max_position_embeddings", None)
         caps = {"max_seq_len": self.documents.max_seq_len, "scoring_max_seq_len": self.documents.scoring_max_seq_len}
         for key, value in caps.items():
@@ -324,12 +352,12 @@ class CLLM4Rec(GeneralRecommender):
     def hidden_states(
         self, ids: torch.Tensor, length: torch.Tensor, side: str, embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Last-layer hidden states (fp32) of right-padded documents ``ids[:, :length]`` (``embeds``: their
-        input embeddings, when the caller has them already)."""
+        """Last-layer hidden states (fp32) of right-padded documents ``ids[:, :length]``, read by ``side``'s
+        ID tables through ``side``'s depth (``embeds``: their input embeddings, when the caller has them)."""
         attention_mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < length[:, None]
         embeds = self.embed(ids, side) if embeds is None else embeds
         with self.autocast():
-            out = self.backbone_body(inputs_embeds=embeds, attention_mask=attention_mask.long(), use_cache=False)
+            out = self.bodies[side](inputs_embeds=embeds, attention_mask=attention_mask.long(), use_cache=False)
         return out.last_hidden_state.float()
 
     # ------------------------------------------------------------------ stage 1: pretraining losses
@@ -360,9 +388,13 @@ class CLLM4Rec(GeneralRecommender):
         return loss, self.mutual_regularization(ids, "collaborative", batch_ids)
 
     def content_lm_loss(
-        self, docs: torch.Tensor, shard: Shard = (0, 1), regularize: bool = True
+        self, docs: torch.Tensor, shard: Shard = (0, 1), regularize: bool = True, plain: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next-word loss over the word vocabulary on the main text of content documents ``docs``."""
+        """Next-word loss over the word vocabulary on the main text of content documents ``docs``.
+
+        ``plain``: the frozen LM's own loss on the same text with the words ``user`` / ``item`` in
+        place of the ID tokens (no regularization): what the ID tokens must beat to carry anything.
+        """
         content, docs = self.documents.content, docs.cpu()
         n_targets = (content.length[docs] - content.prompt_length[docs]).sum().clamp(min=1)
         batch_ids = content.ids[docs]
@@ -370,6 +402,8 @@ class CLLM4Rec(GeneralRecommender):
         length = content.length[docs].to(self.device)
         prompt_length = content.prompt_length[docs].to(self.device)
         ids = content.ids[docs][:, : int(length.max())].to(self.device).long()
+        if plain:
+            ids, regularize = self.layout.as_words(ids, *self.plain_words), False
         hidden = self.hidden_states(ids, length, "content")
         positions = torch.arange(ids.shape[1], device=ids.device)[None, :]
         predicts = (positions >= prompt_length[:, None] - 1) & (positions < length[:, None] - 1)
