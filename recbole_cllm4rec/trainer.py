@@ -451,7 +451,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
 
     def train_step(self, batch: torch.Tensor, step, optimizer) -> torch.Tensor | None:
         """One optimizer step on ``batch`` (loss step from :meth:`stage_batches`); returns (loss, reg)
-        summed over ranks, or ``None`` (and no update) when they are not finite."""
+        summed over ranks, or ``None`` (and no update) when they or the gradients are not finite."""
         optimizer.zero_grad()
         if len(batch) > self.rank:  # a batch with fewer documents than ranks leaves some ranks idle
             loss, reg = step(batch.to(self.device))
@@ -462,7 +462,8 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         if self.world > 1:
             self._all_reduce_gradients()
             dist.all_reduce(losses)
-        if not torch.isfinite(losses).all():
+        grads = [p.grad for p in self.model.trainable_parameters() if p.grad is not None]
+        if not torch.isfinite(losses).all() or not all(torch.isfinite(g).all() for g in grads):
             return None
         if self.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), **self.clip_grad_norm)
@@ -483,7 +484,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
             losses = self.train_step(batch, step, optimizer)
             if losses is None:
                 raise ValueError(
-                    f"{stage} loss is not finite in epoch {epoch_idx}, batch {batch_idx}: training stopped; "
+                    f"{stage} loss or its gradient is not finite in epoch {epoch_idx}, batch {batch_idx}: training stopped; "
                     f"the last completed epoch is in {self.resume_file}"
                 )
             totals += losses

@@ -93,7 +93,7 @@ def test_nan_loss_stops_with_stage_and_batch_and_keeps_the_last_epoch(tiny_data,
         return (loss * float("nan"), reg) if calls["n"] > 4 else (loss, reg)  # epoch 0 has 4 batches
 
     monkeypatch.setattr(CLLM4Rec, "collaborative_lm_loss", poisoned)
-    with pytest.raises(ValueError, match=r"collaborative loss is not finite .* epoch 2, batch 0") as error:
+    with pytest.raises(ValueError, match=r"collaborative loss or its gradient is not finite .* epoch 2, batch 0") as error:
         run_model("CLLM4Rec", "tiny", config_dict=schedule(tiny_data))
     resume_point = str(error.value).rsplit(" ", 1)[-1]
     assert load_checkpoint(resume_point, "cpu")["epoch"] == 1  # warm-up (0) and pretraining epoch 1 done

@@ -58,3 +58,16 @@ def test_a_checkpoint_from_before_content_layers_loads_with_the_depth_it_was_tra
     torch.save(checkpoint, old)
     config, model, *_ = load_data_and_model(str(old))
     assert config["content_layers"] == 1 and model.depths == {"collaborative": 1, "content": 1}
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_stops_before_the_step(tiny_data):
+    """A zero ID row at full depth gave NaN gradients with a finite loss; Adam would have spread them."""
+    from recbole_cllm4rec.trainer import CLLM4RecTrainer
+
+    config, model, _ = make_model(tiny_data)
+    trainer = CLLM4RecTrainer(config, model)
+    before = model.content_item_emb.weight.detach().clone()
+    model.content_item_emb.weight.register_hook(lambda grad: grad * float("nan"))
+    with pytest.raises(ValueError, match=r"content loss or its gradient is not finite in epoch 0, batch 0"):
+        trainer._run_pass("content", trainer.pretrain_optimizer, 0, False)
+    assert torch.equal(model.content_item_emb.weight, before)

@@ -151,6 +151,10 @@ def test_svd_init_factorizes_the_normalized_training_matrix(tiny_data):
     # up to one global scale, user . item reproduces the normalized matrix (rank >= its rank here)
     cosine = torch.nn.functional.cosine_similarity(product, matrix[1:, 1:].flatten(), dim=0)
     assert cosine.item() > 0.99
+    # a row without training interactions (here the padding rows) has no factor: it keeps a random
+    # start, never the zero vector (non-finite gradients through a deep backbone)
+    for table in model.id_tables():
+        assert table.weight[0].norm() > 0.5 * config["init_std"] * table.weight.shape[1] ** 0.5
     assert items.std().item() == pytest.approx(config["init_std"], rel=0.2)
     assert torch.equal(model.content_item_emb.weight, model.collaborative_item_emb.weight)  # both sides start equal
     assert torch.equal(model.content_user_emb.weight, model.collaborative_user_emb.weight)

@@ -226,11 +226,16 @@ class CLLM4Rec(GeneralRecommender):
         """User and item tables (both sides) start at a truncated SVD ``U S V^T`` of the
         degree-normalized training matrix ``D_u^-1/2 R D_i^-1/2`` (so popular items do not take
         every factor; as E4SRec starts from CF embeddings): users ``U sqrt(S)``, items ``V sqrt(S)``,
-        each rescaled to ``init_std``. Both sides start equal: mutual regularization starts at zero."""
+        each rescaled to ``init_std``. Both sides start equal: mutual regularization starts at zero.
+
+        A user or item without training interactions has no factor: its rows keep their N(0,
+        ``init_std``) draw (the collaborative one on both sides). At the zero vector, a 30-layer
+        SmolLM2 gives it non-finite gradients, and the first content pass at full depth turned the
+        tables to NaN on ml-100k (27 such rows)."""
         rows, cols = (history > 0).nonzero(as_tuple=True)
         items, rows = history[rows, cols].cpu(), rows.cpu()
-        user_degree = torch.bincount(rows, minlength=self.n_users).clamp(min=1).float()
-        item_degree = torch.bincount(items, minlength=self.n_items).clamp(min=1).float()
+        degrees = torch.bincount(rows, minlength=self.n_users), torch.bincount(items, minlength=self.n_items)
+        user_degree, item_degree = (d.clamp(min=1).float() for d in degrees)
         values = (user_degree[rows] * item_degree[items]).rsqrt()
         # sparse: memory grows with interactions, not users x items
         shape = (self.n_users, self.n_items)
@@ -239,10 +244,12 @@ class CLLM4Rec(GeneralRecommender):
         with torch.random.fork_rng(devices=[]):  # randomized SVD: drawn from the seed, global state untouched
             torch.manual_seed(seed)
             u, singular, v = torch.svd_lowrank(matrix, q=rank, niter=4)
+        collaborative = self.tables("collaborative")
         for side in ("collaborative", "content"):
-            for table, factors in zip(self.tables(side), (u * singular.sqrt(), v * singular.sqrt())):
-                table.weight.zero_()
-                table.weight[:, :rank] = factors / factors[1:].std() * self.init_std
+            for k, (table, factors) in enumerate(zip(self.tables(side), (u * singular.sqrt(), v * singular.sqrt()))):
+                start = torch.zeros_like(table.weight)
+                start[:, :rank] = factors / factors[1:].std() * self.init_std
+                table.weight.copy_(torch.where(degrees[k][:, None] > 0, start, collaborative[k].weight))
 
     def build_item_head(self, config) -> None:
         """What the item head reads (``readout``, the skip) and adds (the item bias); the loss's scale."""
