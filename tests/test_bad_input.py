@@ -250,9 +250,14 @@ def test_a_gpt2_folder_trains_with_llm_layers(tiny_data):
     GPT2LMHeadModel(config).save_pretrained(tiny_data / "gpt2-tiny")
     tokenizer.save_pretrained(tiny_data / "gpt2-tiny")
     _, model, _ = make_model(tiny_data, llm=str(tiny_data / "gpt2-tiny"), llm_layers=1)
-    assert len(model.backbone.transformer.h) == 1
+    # the collaborative side reads a 1-block view of GPT-2's `h`, the content LM all 3 blocks
+    assert len(model.backbone.transformer.h) == 3 and model.depths == {"collaborative": 1, "content": 3}
+    assert len(model.bodies["collaborative"].__self__.h) == 1
     loss, _ = model.recommendation_loss(torch.arange(1, 5))
     assert torch.isfinite(loss) and loss > 0
+    assert torch.isfinite(model.content_lm_loss(torch.arange(3))[0])
+    _, short, _ = make_model(tiny_data, llm=str(tiny_data / "gpt2-tiny"), llm_layers=1, content_layers=1)
+    assert len(short.backbone.transformer.h) == 1
 
 
 # ---------------------------------------------------------------- 7. converter
