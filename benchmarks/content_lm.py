@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> str:
     first = table.detach().clone()
 
     def tables_alone() -> str:
-        items = table.detach().numpy()
-        moved = (table.detach() - first).norm(dim=1).mean() / first.norm(dim=1).mean()
+        items = table.detach().cpu().numpy()
+        moved = ((table.detach() - first).norm(dim=1).mean() / first.norm(dim=1).mean()).item()
         return f"{recall_at(X[users] @ items @ items.T, X[users], V[users]):.4f} | {moved:.3f}"
 
     start = time()

@@ -30,7 +30,7 @@ def measure(dataset: str, layers: int | None, n_users: int, extra: dict, pretrai
 
     config = Config(
         model="CLLM4Rec", dataset=dataset,
-        config_dict={"llm_layers": layers, "llm_pretrained": pretrained, "state": "WARNING", **extra},
+        config_dict={"llm_layers": layers, "content_layers": layers, "llm_pretrained": pretrained, "state": "WARNING", **extra},
     )
     init_seed(config["seed"], config["reproducibility"])
     train, _, _ = data_preparation(config, create_dataset(config))

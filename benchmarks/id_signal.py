@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> str:
 
     from recbole_cllm4rec.registry import Config, get_model
 
-    settings = {"llm_layers": args.layers, "pretrain_epochs": 0, "lambda_c": 0.0, "show_progress": False}
+    # content_layers too: the sweep below cuts the backbone's own block list
+    settings = {"llm_layers": args.layers, "content_layers": args.layers, "pretrain_epochs": 0, "lambda_c": 0.0, "show_progress": False}
     if args.data_path:
         settings["data_path"] = args.data_path
     config = Config(model="CLLM4Rec", dataset=args.dataset, config_dict=settings)

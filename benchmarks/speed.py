@@ -48,8 +48,8 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bare_backbone_seconds(model: CLLM4Rec, shapes: list[tuple[int, int]], train: bool) -> float:
-    """Seconds of the frozen backbone alone on random inputs of the given [B, L] shapes."""
+def bare_backbone_seconds(model: CLLM4Rec, shapes: list[tuple[int, int]], train: bool, side: str) -> float:
+    """Seconds of the frozen backbone alone, at ``side``'s depth, on random inputs of the given [B, L] shapes."""
     dim = model.backbone.get_input_embeddings().embedding_dim
     device = model.backbone_fingerprint.device
     inputs = [(torch.randn(b, n, dim, device=device) * 0.1).requires_grad_(train) for b, n in shapes]
@@ -57,7 +57,7 @@ def bare_backbone_seconds(model: CLLM4Rec, shapes: list[tuple[int, int]], train:
     start = time.perf_counter()
     for x in inputs:
         with torch.set_grad_enabled(train), model.autocast():
-            h = model.backbone.base_model(inputs_embeds=x).last_hidden_state
+            h = model.bodies[side](inputs_embeds=x).last_hidden_state
         if train:
             h.float().sum().backward()
     synchronize(device)
@@ -107,7 +107,8 @@ def measure(trainer: CLLM4RecTrainer, stage: str, n_batches: int, eval_users: in
             real += int(pack.sum())
             padded += len(pack) * int(pack.max())
         docs += len(batch)
-    ceiling = bare_backbone_seconds(model, shapes, train=stage != "scoring")
+    side = "content" if stage == "content" else "collaborative"
+    ceiling = bare_backbone_seconds(model, shapes, train=stage != "scoring", side=side)
     return {
         "batches": len(batches) - 1,
         "real tok/s": round(real / elapsed, 1),

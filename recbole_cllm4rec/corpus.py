@@ -172,7 +172,7 @@ def read_atomic_columns(path: Path, fields: list[str]) -> pd.DataFrame:
     used whether or not ``load_col`` loads it. Missing values are ``""``.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (needed for CLLM4Rec's text: {fields})")
+        raise FileNotFoundError(f"{path} does not exist (needed for the text columns {fields})")
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\n").split("\t")
     names = {column.split(":")[0]: column for column in header}

@@ -462,8 +462,8 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         if self.world > 1:
             self._all_reduce_gradients()
             dist.all_reduce(losses)
-        grads = [p.grad for p in self.model.trainable_parameters() if p.grad is not None]
-        if not torch.isfinite(losses).all() or not all(torch.isfinite(g).all() for g in grads):
+        grads = [p.grad.isfinite().all() for p in self.model.trainable_parameters() if p.grad is not None]
+        if not torch.isfinite(losses).all() or (grads and not torch.stack(grads).all()):
             return None
         if self.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), **self.clip_grad_norm)
@@ -496,9 +496,9 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
 
     @torch.no_grad()
     def content_eval_loss(self, plain: bool = False) -> float:
-        """The content LM's loss per text token on its whole corpus, without training: the mean over
-        the content stage's batches, as its training loss is. ``plain``: the frozen LM's own, with the
-        words ``user`` / ``item`` in place of the ID tokens."""
+        """The content LM's loss on its whole corpus, without training: the mean over the content
+        stage's batches of their loss per text token, as its training loss is reported. ``plain``: the
+        frozen LM's own, with the words ``user`` / ``item`` in place of the ID tokens."""
         self.model.eval()
         self._seed_pass("content", -1)
         batches, _ = self.stage_batches("content", regularize=False)
@@ -545,6 +545,8 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         has_content = len(self.model.documents.content) > 0
         if not has_content and (self.pretrain_epochs or self.content_warmup_epochs):
             self.logger.warning("no content documents: pretraining runs the collaborative LM only")
+        if has_content and self.pretrain_start < self.content_warmup_epochs + self.pretrain_epochs:
+            self.content_reference_loss()  # before any step: with LoRA, the adapters start as no-ops
         warmup = self.content_warmup_epochs
         for epoch_idx in range(self.pretrain_start, warmup + self.pretrain_epochs):
             if epoch_idx < warmup:

@@ -133,8 +133,8 @@ class CLLM4Rec(GeneralRecommender):
         depths = {"collaborative": config["llm_layers"], "content": config["content_layers"]}
         if None not in depths.values():
             truncate_layers(self.backbone, max(depths.values()))
-        views = {side: layer_view(self.backbone, depth) for side, depth in depths.items()}
-        self.depths = {side: len(getattr(view, block_list_name(self.backbone))) for side, view in views.items()}
+        n_blocks = len(getattr(self.backbone.base_model, block_list_name(self.backbone)))
+        self.depths = {side: min(depth or n_blocks, n_blocks) for side, depth in depths.items()}
         self.backbone.requires_grad_(False)
         self.llm_dropout = config["llm_dropout"] or 0.0
         if self.llm_dropout:
@@ -147,8 +147,10 @@ class CLLM4Rec(GeneralRecommender):
         if config["lora_rank"]:
             add_lora(self.backbone, config["lora_rank"], config["lora_alpha"], config["lora_targets"], config["seed"])
         self.autocast_dtype = autocast_dtype(config["llm_dtype"], config["device"])
-        # the bodies are views of the backbone, not submodules: nothing of theirs enters a checkpoint.
-        # torch.compile: shapes vary, so dynamic; compiling costs minutes up front
+        # the bodies are views of the backbone made after every change to it (LoRA), not submodules:
+        # nothing of theirs enters a checkpoint. A view's own `training` flag stays False (only
+        # gradient checkpointing reads it). torch.compile: shapes vary, so dynamic; minutes up front
+        views = {side: layer_view(self.backbone, depth) for side, depth in self.depths.items()}
         compiled = config["llm_compile"]
         self.bodies = {side: torch.compile(v.forward, dynamic=True) if compiled else v.forward for side, v in views.items()}
         self.layout = IdLayout(self.backbone.get_input_embeddings().num_embeddings, self.n_users, self.n_items)
@@ -329,8 +331,9 @@ class CLLM4Rec(GeneralRecommender):
         saved = state_dict.get("backbone_fingerprint")
         if saved is not None and not torch.equal(saved.cpu(), self.backbone_fingerprint.cpu()):
             raise RuntimeError(
-                f"This checkpoint was trained with a different backbone than llm={self.llm!r} "
-                "(the fingerprints of the frozen weights differ): load it with the backbone it was trained on."
+                f"This checkpoint was trained with a different backbone than llm={self.llm!r} with llm_layers / "
+                f"content_layers reading {self.depths['collaborative']} / {self.depths['content']} layers (the "
+                "fingerprints differ): load it with the backbone and depths it was trained with."
             )
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         trains = {name for name, p in self.named_parameters() if p.requires_grad}

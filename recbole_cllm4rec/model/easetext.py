@@ -18,6 +18,7 @@ above EASE on test Recall@20 / Recall@40 / NDCG@100 (``docs/results.md``).
 """
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -29,6 +30,8 @@ from recbole.utils import InputType, ModelType
 from recbole_cllm4rec.corpus import field_values, template_fields
 from recbole_cllm4rec.validation import Rule, check_config_values
 
+logger = logging.getLogger(__name__)
+
 
 def text_features(dataset, source: str, template: str) -> sp.csr_matrix:
     """``[n_ids, n_features]`` 0/1 incidence of the text features of each user or item (row 0: padding).
@@ -37,7 +40,7 @@ def text_features(dataset, source: str, template: str) -> sp.csr_matrix:
     entries; otherwise the lower-case words. Each feature is named by its field, so a year and a
     title word never merge; features that only one id has are kept (they add to that id's ridge).
     """
-    fields = template_fields(template)
+    fields = list(dict.fromkeys(template_fields(template)))  # a field named twice counts once
     ids, values = field_values(dataset, source, fields, f"{source}_text_template {template!r}")
     n_ids = dataset.num(dataset.iid_field if source == "item" else dataset.uid_field)
     vocabulary: dict[str, int] = {}
@@ -47,11 +50,12 @@ def text_features(dataset, source: str, template: str) -> sp.csr_matrix:
         filled = [v for v in column if v.strip()]
         is_list = sum("," in v for v in filled) * 2 > len(filled)
         for row, value in zip(ids.tolist(), column):
+            if not row:  # a row the dataset does not know
+                continue
             pieces = value.split(",") if is_list else re.findall(r"\w+", value.lower())
             for piece in {p.strip().lower() for p in pieces} - {""}:
-                if row:
-                    rows.append(row)
-                    cols.append(vocabulary.setdefault(f"{field}:{piece}", len(vocabulary)))
+                rows.append(row)
+                cols.append(vocabulary.setdefault(f"{field}:{piece}", len(vocabulary)))
     data = np.ones(len(rows), dtype=np.float32)
     return sp.csr_matrix((data, (rows, cols)), shape=(n_ids, len(vocabulary)))
 
@@ -71,6 +75,8 @@ class EASEText(GeneralRecommender):
         self.dummy_param = torch.nn.Parameter(torch.zeros(1))  # RecBole's trainer wants one parameter
         interactions = dataset.inter_matrix(form="csr").astype(np.float32)
         rows, self.n_text_features = [interactions], 0
+        if config["text_weight"] and not config["item_text_template"]:
+            logger.warning("EASEText: text_weight=%s but no item_text_template: plain EASE", config["text_weight"])
         if config["text_weight"] and config["item_text_template"]:
             item_text = text_features(dataset, "item", config["item_text_template"])
             rows.append(config["text_weight"] * item_text.T)
