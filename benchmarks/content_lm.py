@@ -29,14 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recbole_cllm4rec  # noqa: E402,F401
-from id_signal import recall_at  # noqa: E402
-
-
-def interactions(dataset) -> np.ndarray:
-    """The dense 0/1 user x item matrix of a RecBole dataset."""
-    out = np.zeros((dataset.user_num, dataset.item_num), dtype=np.float32)
-    out[dataset.inter_feat[dataset.uid_field].numpy(), dataset.inter_feat[dataset.iid_field].numpy()] = 1
-    return out
+from id_signal import interactions, recall_at  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> str:

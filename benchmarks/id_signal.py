@@ -31,6 +31,13 @@ def recall_at(scores: np.ndarray, seen: np.ndarray, truth: np.ndarray, k: int = 
     return float((np.take_along_axis(truth, top, 1).sum(1) / truth.sum(1)).mean())
 
 
+def interactions(dataset) -> np.ndarray:
+    """The dense 0/1 user x item matrix of a RecBole dataset."""
+    out = np.zeros((dataset.user_num, dataset.item_num), dtype=np.float32)
+    out[dataset.inter_feat[dataset.uid_field].numpy(), dataset.inter_feat[dataset.iid_field].numpy()] = 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="ml-100k")
@@ -59,12 +66,7 @@ def main(argv: list[str] | None = None) -> str:
     init_seed(config["seed"], config["reproducibility"])  # the split is drawn: the one every run gets
     train, valid, _ = data_preparation(config, create_dataset(config))
 
-    def matrix(dataset) -> np.ndarray:
-        out = np.zeros((dataset.user_num, dataset.item_num), dtype=np.float32)
-        out[dataset.inter_feat[dataset.uid_field].numpy(), dataset.inter_feat[dataset.iid_field].numpy()] = 1
-        return out
-
-    X, V = matrix(train.dataset), matrix(valid.dataset)
+    X, V = interactions(train.dataset), interactions(valid.dataset)
     users = np.where(V.sum(1) > 0)[0]
     seen, truth = X[users], V[users]
     rows = []

@@ -208,7 +208,8 @@ class CLLM4Rec(GeneralRecommender):
 
         A row with no document on a side never moves from its init, so mutual regularization pulls
         only toward rows the other side trains (``collaborative_trained`` / ``content_trained``,
-        indexed by ``IdLayout.id_rows``); every row that starts at the SVD is an anchor, not noise.
+        indexed by ``IdLayout.id_rows``); with the SVD start every row is an anchor (its factor, or for a row
+        without interactions the random start both sides share), not noise.
         """
         layout, history = self.layout, self.documents.history_items
         collaborative_rows = torch.zeros(self.n_users + self.n_items, dtype=torch.bool)
