@@ -58,6 +58,10 @@ RECIPES: dict[str, dict] = {
     # the paper's schedule (public code: 10 content-only + 100 alternating pretraining epochs, 150
     # finetuning epochs at 1e-4), early-stopped on validation
     "gpu": {k: PAPER_PRESET[k] for k in SCHEDULE},
+    # the paper's schedule cut to a 2-core CPU (issue: the paper configuration's curve): 10 content-only
+    # + 20 alternating pretraining epochs, then finetuning until validation has not improved for 20
+    # epochs (at most 150); with the CLLM4Rec-paper-4-layers row
+    "long": {**{k: PAPER_PRESET[k] for k in SCHEDULE}, "pretrain_epochs": 20, "stopping_step": 20},
     # properties/CLLM4Rec.yaml's own schedule: the README main command (1 pretraining epoch, up to
     # 15 finetuning epochs, early-stopped)
     "main": {},
@@ -77,6 +81,9 @@ PAPER = {k: v for k, v in PAPER_PRESET.items() if k not in SCHEDULE}
 VARIANTS: dict[str, dict] = {
     "CLLM4Rec": {},
     "CLLM4Rec-paper": PAPER,
+    # the same on the first 4 layers for the collaborative side (a 2-core CPU's deviation; the
+    # content LM reads all 30)
+    "CLLM4Rec-paper-4-layers": {**PAPER, "llm_layers": 4, "content_layers": None},
     "CLLM4Rec-no-reg": {"lambda_c": 0.0},
     "CLLM4Rec-sum-reg": {"mutual_reg_reduction": "sum"},
     # what the text and the language model bring (issue rows): no content documents; the layers'

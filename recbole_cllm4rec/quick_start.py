@@ -63,12 +63,15 @@ def init_run_logger(config) -> None:
 
 def fit_topk_to_catalog(config, n_items: int) -> None:
     """Drop the ``topk`` cut-offs longer than the catalog (RecBole would fail after training), with a
-    warning; refuse a ``valid_metric`` whose cut-off is dropped."""
+    warning; refuse a ``valid_metric`` whose cut-off is dropped, and ``PaperScore``, which needs 100."""
     topk = [config["topk"]] if isinstance(config["topk"], int) else list(config["topk"])
     kept = [k for k in topk if k <= n_items]
     if kept == topk:
         return
     kept = kept or [n_items]
+    metrics = [str(m).lower() for m in ([config["metrics"]] if isinstance(config["metrics"], str) else config["metrics"])]
+    if "paperscore" in metrics:
+        raise ValueError(f"PaperScore reads the top 100 items and {config['dataset']} has {n_items}: use another metric")
     logging.getLogger().warning(f"topk {topk} reaches beyond the {n_items} items of {config['dataset']}: topk {kept}")
     config["topk"] = kept
     metric, _, k = str(config["valid_metric"]).partition("@")

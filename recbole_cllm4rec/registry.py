@@ -3,7 +3,7 @@
 The plugin's entry points (``run_recbole.py``, ``run_hyper.py``, ``quick_start.run_model``,
 ``recommend``) build :class:`Config`, a subclass of RecBole's, and resolve models and trainers with
 :func:`get_model` / :func:`get_trainer`: the plugin's first, RecBole's otherwise. A plain
-``import recbole_cllm4rec`` applies the compatibility shims and registers the ``PaperRecall`` metric;
+``import recbole_cllm4rec`` applies the compatibility shims and registers the ``PaperRecall`` and ``PaperScore`` metrics;
 RecBole's own ``run_recbole`` and ``Config`` behave exactly as without the plugin.
 """
 from __future__ import annotations
@@ -152,5 +152,5 @@ class Config(RecBoleConfig):
 
 
 def register() -> None:
-    """What ``import recbole_cllm4rec`` does to RecBole: make the ``PaperRecall`` metric known."""
+    """What ``import recbole_cllm4rec`` does to RecBole: make the ``PaperRecall`` and ``PaperScore`` metrics known."""
     metrics.register()

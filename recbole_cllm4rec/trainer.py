@@ -18,7 +18,8 @@ evaluation gathers every rank's users before computing metrics; only rank 0 writ
 
 Checkpoints hold only what trains (the four ID tables, the optimizer) plus stage, epoch, RNG states
 and the backbone's fingerprint. ``<run>.pth`` is the best model (RecBole's), ``<run>-last.pth`` the
-resume point written after every epoch of either stage; both are written atomically, carry a
+resume point written after every epoch of either stage (with ``finetune_start: lowest_loss``,
+``<run>-pretrain.pth`` holds each side's tables of its lowest-loss pretraining pass); both are written atomically, carry a
 checksum of their tensors (verified on every load) and the split fingerprint. File names are
 reserved by exclusive creation, so runs started in the same second never share them, and locked
 (``<run>.lock``) from then to the end of the test, so a second process on the same files (two resumes
@@ -85,7 +86,7 @@ def remove_stale_temporaries(best_model_file: str) -> None:
     """The ``.tmp<pid>`` files a killed process left beside a run's checkpoints (its rename never came).
     Called by the holder of the run's lock, the only process that writes them: every one found is stale."""
     stem = glob.escape(best_model_file[: -len(".pth")])
-    for tmp in glob.glob(stem + ".pth.tmp*") + glob.glob(stem + "-last.pth.tmp*"):
+    for tmp in [path for end in (".pth", "-last.pth", "-pretrain.pth") for path in glob.glob(f"{stem}{end}.tmp*")]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
 
@@ -255,6 +256,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         "pretrain_learning_rate": Rule(float, low=0),
         "learning_rate_decay": Rule(float, low=0, high=1),
         "finetune_content": Rule(bool),
+        "finetune_start": Rule(str, choices=("last", "lowest_loss")),
     }
 
     def __init__(self, config, model):
@@ -274,6 +276,10 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         self.pretrain_learning_rate = config["pretrain_learning_rate"]
         self.finetune_content = config["finetune_content"]
         self.learning_rate_decay = config["learning_rate_decay"]
+        self.finetune_start = config["finetune_start"]
+        # lowest_loss: per side, (pretraining epoch, loss + mutual reg) of its lowest pretraining pass;
+        # that pass's tables are in lowest_loss_file
+        self.lowest_pretrain_loss: dict[str, tuple[int, float]] = {}
         # users with at least one training item: the collaborative and recommendation documents
         self.train_users = torch.nonzero(model.documents.history_len > 0).squeeze(1).cpu()
         self.split_fingerprint: str | None = None  # set by the runner: stored in checkpoints, checked on resume
@@ -295,6 +301,11 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
     def resume_file(self) -> str:
         return self.saved_model_file[: -len(".pth")] + "-last.pth"
 
+    @property
+    def lowest_loss_file(self) -> str:
+        """``<run>-pretrain.pth``: each side's tables after its lowest-loss pretraining pass."""
+        return self.saved_model_file[: -len(".pth")] + "-pretrain.pth"
+
     # ------------------------------------------------------------------ checkpoints
     def _reserve_files(self) -> None:
         """One run, one set of files: rank 0 reserves the names (locked from the start), every rank uses them."""
@@ -305,6 +316,9 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         if self.world > 1:
             dist.broadcast_object_list(names, src=0)
         self.saved_model_file = names[0]
+        if self.rank == 0:  # a run killed before its first resume point may have left one
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.lowest_loss_file)
         self.files_locked = True
 
     def _lock_files(self) -> None:
@@ -346,6 +360,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
             "optimizer": optimizer.state_dict(),
             "rng": rng_state(),
             "valid_history": self.valid_history,
+            "lowest_pretrain_loss": self.lowest_pretrain_loss,
             "split": self.split_fingerprint,
             "finished": self.finished,
         }
@@ -358,7 +373,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         if epoch == -1 and os.path.isfile(path) and os.path.getsize(path) > 0:
             return  # RecBole's fit saves the current model when no epoch is left: the best one stays
         state = self._state(epoch, self.optimizer)
-        del state["optimizer"], state["rng"], state["valid_history"]
+        del state["optimizer"], state["rng"], state["valid_history"], state["lowest_pretrain_loss"]
         atomic_save(state, path)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
@@ -385,6 +400,7 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint["best_valid_result"]
         self.valid_history = checkpoint.get("valid_history", [])
+        self.lowest_pretrain_loss = checkpoint.get("lowest_pretrain_loss", {})
         if checkpoint["stage"] == "finetune":
             self.pretrain_start = self.content_warmup_epochs + self.pretrain_epochs
             self.start_epoch = checkpoint["epoch"] + 1
@@ -559,7 +575,40 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
                     stage, self.pretrain_optimizer, epoch_idx, show_progress, regularize=epoch_idx >= warmup
                 )
                 self._log_pass(phase, stage, epoch_idx, start, losses)
+                if self.finetune_start == "lowest_loss":
+                    self._keep_if_lowest(stage, epoch_idx, sum(losses))
             self._save_resume_point(epoch_idx)
+
+    def _keep_if_lowest(self, side: str, epoch_idx: int, loss: float) -> None:
+        """After a pretraining pass of ``side``: if ``loss`` (LM + mutual reg, as the public code
+        compares) is the side's lowest yet, its tables replace that side's in ``lowest_loss_file``."""
+        if side in self.lowest_pretrain_loss and self.lowest_pretrain_loss[side][1] <= loss:
+            return
+        self.lowest_pretrain_loss[side] = (epoch_idx, loss)
+        if self.rank != 0:
+            return
+        path = self.lowest_loss_file
+        tables = dict(load_checkpoint(path, "cpu")["state_dict"]) if os.path.isfile(path) else {}
+        for kind, table in zip(("user", "item"), self.model.tables(side)):
+            tables[f"{side}/{kind}"] = table.weight.detach().cpu().clone()
+        atomic_save({"state_dict": tables, "lowest_pretrain_loss": self.lowest_pretrain_loss}, path)
+
+    def _start_from_lowest_loss(self) -> None:
+        """``finetune_start: lowest_loss``: each side's tables go back to its lowest-loss pretraining
+        pass, as the public code saves a side's embeddings only when its epoch loss improves."""
+        if not self.lowest_pretrain_loss:
+            return
+        if self.world > 1:
+            dist.barrier()  # rank 0's file is complete
+        tables = load_checkpoint(self.lowest_loss_file, self.device)["state_dict"]
+        with torch.no_grad():
+            for side in self.lowest_pretrain_loss:
+                for kind, table in zip(("user", "item"), self.model.tables(side)):
+                    table.weight.copy_(tables[f"{side}/{kind}"])
+        self.logger.info(
+            "finetuning starts from each side's lowest pretraining loss: "
+            + ", ".join(f"{side} epoch {epoch} ({loss:.4f})" for side, (epoch, loss) in self.lowest_pretrain_loss.items())
+        )
 
     # ------------------------------------------------------------------ stage 2 (RecBole's loop)
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
@@ -568,6 +617,8 @@ class CLLM4RecTrainer(Trainer, _WithoutDDP):
         if saved and not self.resumed:
             self._reserve_files()
         self.pretrain(show_progress=show_progress)
+        if self.finetune_start == "lowest_loss" and self.start_epoch == 0:  # not when resuming finetuning
+            self._start_from_lowest_loss()
         self.finetuning = True
 
         def after_validation(epoch_idx, valid_score):

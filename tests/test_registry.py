@@ -106,8 +106,10 @@ def test_the_paper_preset_is_one_config_file_over_the_defaults(tiny_data):
     paper = yaml.safe_load(preset.read_text())
     assert {k: config[k] for k in paper} == paper
     assert config["readout"] == "last" and config["llm_layers"] is None and config["epochs"] == 150
-    # the preset changes what the recommended defaults changed, nothing else
-    assert {k for k in paper if paper[k] != defaults.get(k)} and set(paper) <= set(defaults)
+    # the preset changes what the recommended defaults changed and the protocol's selection, nothing else
+    protocol = yaml.safe_load((properties / "overall.yaml").read_text())
+    assert {k for k in paper if paper[k] != defaults.get(k)} and set(paper) <= set(defaults) | {"metrics", "valid_metric"}
+    assert {"metrics", "valid_metric"} <= set(protocol)
 
 
 def test_load_data_and_model_restores_a_cllm4rec_checkpoint(tiny_data):
