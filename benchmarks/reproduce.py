@@ -9,7 +9,8 @@ training and validation items for test), Recall / NDCG at 20, 40, 100 and the pa
 (``PaperRecall``: hits / min(K, #held-out)). Baselines get RecBole's defaults plus a small sweep of
 their key hyperparameter; the configuration with the best validation Recall@20 gives the test row.
 CLLM4Rec's schedule is the ``--recipe`` (``main``: the yaml's, sized for a 2-core CPU; ``gpu``: the
-paper's; ``cpu``: longer finetuning; ``ablation``; ``tiny``: seconds, for tests), or per row
+paper's; ``long``: the paper's cut to a 2-core CPU; ``cpu``: longer finetuning; ``ablation``;
+``tiny``: seconds, for tests), or per row
 ``MODEL@RECIPE``; its configuration is a ``VARIANTS`` name (``CLLM4Rec`` = the yaml defaults,
 ``CLLM4Rec-paper``, ablations). ``--keep`` copies rows of the earlier table. CUDA is used when present.
 
