@@ -1,0 +1,67 @@
+"""benchmarks/text_start.py: the item tables start from the SVD plus the LM's reading of the item text."""
+import pytest
+import torch
+from conftest import load_benchmark, make_model
+
+
+def test_item_text_states_are_the_content_sides_states_on_the_plain_text(tiny_data):
+    text_start = load_benchmark("text_start")
+    _, model, _ = make_model(tiny_data, llm_layers=1)
+    states = text_start.item_text_states(model, max_tokens=64)  # several forward passes
+    content, layout = model.documents.content, model.layout
+    seen = set()
+    for d in range(len(content)):
+        ids = content.ids[d, : content.length[d]].long()
+        if layout.is_user(ids).any():
+            continue
+        item = int(layout.id_rows(ids[layout.is_item(ids)])[0]) - model.n_users
+        words = layout.as_words(ids, *model.plain_words)
+        # the whole backbone (content_layers ~), last layer after the final norm, text tokens only
+        hidden = model.backbone.base_model(input_ids=words[None]).last_hidden_state[0]
+        by_hand = hidden[int(content.prompt_length[d]) :].mean(0)
+        torch.testing.assert_close(states[item], by_hand, rtol=1e-4, atol=1e-5)
+        seen.add(item)
+    assert seen and not states[[i for i in range(model.n_items) if i not in seen]].any()  # no document: zero
+
+
+def test_the_text_takes_the_last_dimensions_at_its_share_of_the_squared_norm():
+    text_start = load_benchmark("text_start")
+    table = torch.tensor([[9.0, 9.0, 9.0, 9.0], [1.0, 1.0, 5.0, 5.0], [3.0, 1.0, 5.0, 5.0]])
+    components = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    text_start.write_text_start(table, components, share=0.5)
+    # rows 1-2: the rest's mean squared norm is (2 + 10) / 2 = 6, the components' (1 + 4) / 2 = 2.5: scale sqrt(6 / 2.5)
+    scale = (6 / 2.5) ** 0.5
+    torch.testing.assert_close(table, torch.tensor([[9.0, 9.0, 9.0, 9.0], [1.0, 1.0, scale, 0.0], [3.0, 1.0, 0.0, 2 * scale]]))
+    assert table[1:, 2:].pow(2).sum(1).mean() == pytest.approx(table[1:, :2].pow(2).sum(1).mean())
+
+
+def test_text_components_are_principal_components_of_the_rows_with_text():
+    text_start = load_benchmark("text_start")
+    states = torch.tensor([[0.0, 0.0], [3.0, 1.0], [1.0, 1.0], [2.0, 1.0]])  # row 0: no text
+    scores = text_start.text_components(states, dims=1, seed=0)
+    # centred (mean (2, 1)): (1, 0), (-1, 0), (0, 0); one component along x, up to its sign
+    torch.testing.assert_close(scores.abs(), torch.tensor([[0.0], [1.0], [1.0], [0.0]]), atol=1e-5, rtol=0)
+    whitened = text_start.text_components(states, dims=1, seed=0, whiten=True)
+    assert whitened[1:].pow(2).sum().item() == pytest.approx(1.0)  # an orthonormal column
+
+
+def test_the_hook_writes_the_text_into_both_sides_item_tables_only(tiny_data):
+    text_start = load_benchmark("text_start")
+    from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
+
+    svd_start = CLLM4Rec.init_id_tables
+    try:
+        _, plain, _ = make_model(tiny_data, llm_layers=1)
+        text_start.install()
+        _, model, _ = make_model(tiny_data, llm_layers=1, text_start_dims=2, text_start_share=0.25)
+    finally:
+        CLLM4Rec.init_id_tables = svd_start
+    for side in ("collaborative", "content"):
+        user, item = model.tables(side)
+        plain_user, plain_item = plain.tables(side)
+        torch.testing.assert_close(user.weight, plain_user.weight)
+        torch.testing.assert_close(item.weight[:, :-2], plain_item.weight[:, :-2])
+        assert not torch.allclose(item.weight[1:, -2:], plain_item.weight[1:, -2:])
+        share = item.weight[1:, -2:].pow(2).sum(1).mean() / item.weight[1:].pow(2).sum(1).mean()
+        assert share.item() == pytest.approx(0.25, rel=1e-4)
+    torch.testing.assert_close(model.collaborative_item_emb.weight, model.content_item_emb.weight)
