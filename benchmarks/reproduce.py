@@ -37,6 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import recbole_cllm4rec  # noqa: E402,F401
 from recbole_cllm4rec.quick_start import markdown_table, run_model  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import text_start  # noqa: E402
+
+text_start.install()  # inert unless a row sets text_start_dims
+
 BASELINES = ["Pop", "ItemKNN", "BPR", "MultiVAE", "MultiDAE", "RecVAE", "LightGCN", "EASE", "EASEText"]
 SWEEPS: dict[str, list[dict]] = {
     "EASE": [{"reg_weight": w} for w in (25.0, 100.0, 250.0, 500.0, 1000.0)],
@@ -79,6 +84,7 @@ RECIPES: dict[str, dict] = {
 # trains it (the preset's model keys); the others are named ablations of the defaults
 # (docs/results.md says what each showed).
 PAPER = {k: v for k, v in PAPER_PRESET.items() if k not in SCHEDULE}
+TEXT_START = {"text_start_dims": 256, "text_start_whiten": True, "text_start_share": 0.3}
 VARIANTS: dict[str, dict] = {
     "CLLM4Rec": {},
     "CLLM4Rec-paper": PAPER,
@@ -99,6 +105,10 @@ VARIANTS: dict[str, dict] = {
     "CLLM4Rec-dropout": {"llm_dropout": 0.1},
     "CLLM4Rec-no-pretraining": {"content_warmup_epochs": 0, "pretrain_epochs": 0, "lambda_c": 0.0},
     "CLLM4Rec-mask-0.5": {"mask_ratio": 0.5},
+    # under trial (benchmarks/text_start.py): the item tables start from the SVD plus the LM's reading
+    # of the item text; the same start from the bag of word embeddings (no layer)
+    "CLLM4Rec-text-start": TEXT_START,
+    "CLLM4Rec-text-start-words": {**TEXT_START, "text_start_source": "words"},
 }  # fmt: skip
 METRICS = ["recall@20", "recall@40", "ndcg@100", "paperrecall@20", "paperrecall@40"]
 

@@ -42,10 +42,11 @@ from recbole_cllm4rec.model.cllm4rec import CLLM4Rec  # noqa: E402
 
 
 @torch.no_grad()
-def item_text_states(model: CLLM4Rec, max_tokens: int) -> torch.Tensor:
+def item_text_states(model: CLLM4Rec, max_tokens: int, words: bool = False) -> torch.Tensor:
     """``[n_items, hidden]``: each item's content document read by the content side with plain words
-    in place of the ID tokens, the last layer's states averaged over the text; zero rows for items
-    without a document. ``max_tokens``: padded tokens per forward pass."""
+    in place of the ID tokens, the last layer's states averaged over the text (``words``: the input
+    word embeddings instead, no layer: the ablation); zero rows for items without a document.
+    ``max_tokens``: padded tokens per forward pass."""
     layout, content = model.layout, model.documents.content
     ids = content.ids.long()
     is_item_doc = layout.is_item(ids).any(1) & ~layout.is_user(ids).any(1)
@@ -56,7 +57,10 @@ def item_text_states(model: CLLM4Rec, max_tokens: int) -> torch.Tensor:
         rows = docs[batch]
         length, prompt_length = content.length[rows], content.prompt_length[rows]
         plain = layout.as_words(ids[rows][:, : int(length.max())], *model.plain_words).to(model.device)
-        hidden = model.hidden_states(plain, length.to(model.device), "content").cpu()
+        if words:
+            hidden = model.backbone.get_input_embeddings()(plain).float().cpu()
+        else:
+            hidden = model.hidden_states(plain, length.to(model.device), "content").cpu()
         positions = torch.arange(plain.shape[1])[None, :]
         text = ((positions >= prompt_length[:, None]) & (positions < length[:, None])).float()
         states[items[batch]] = (text[:, :, None] * hidden).sum(1) / text.sum(1, keepdim=True).clamp(min=1)
@@ -88,8 +92,11 @@ def write_text_start(item_table: torch.Tensor, components: torch.Tensor, share: 
 
 def install() -> None:
     """The variant as a hook, in this process only: ``CLLM4Rec.init_id_tables`` also writes the text
-    start when ``text_start_dims`` is set (``text_start_share``, ``text_start_whiten``)."""
+    start when ``text_start_dims`` is set (``text_start_share``, ``text_start_whiten``,
+    ``text_start_source``: ``lm``, the default, or ``words``, the bag of word embeddings)."""
     svd_start = CLLM4Rec.init_id_tables
+    if getattr(svd_start, "text_start", False):  # installed already
+        return
 
     def init_id_tables(model: CLLM4Rec, config) -> None:
         svd_start(model, config)
@@ -97,11 +104,12 @@ def install() -> None:
             return
         if config["item_init"] != "svd":
             raise ValueError("text_start_dims needs item_init: svd (the text takes the SVD's weakest factors)")
-        states = item_text_states(model, config["eval_batch_tokens"])
+        states = item_text_states(model, config["eval_batch_tokens"], config["text_start_source"] == "words")
         components = text_components(states, config["text_start_dims"], config["seed"], bool(config["text_start_whiten"]))
         for side in ("collaborative", "content"):
             write_text_start(model.tables(side)[1].weight, components, config["text_start_share"])
 
+    init_id_tables.text_start = True
     CLLM4Rec.init_id_tables = init_id_tables
 
 

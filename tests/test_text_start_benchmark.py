@@ -8,6 +8,7 @@ def test_item_text_states_are_the_content_sides_states_on_the_plain_text(tiny_da
     text_start = load_benchmark("text_start")
     _, model, _ = make_model(tiny_data, llm_layers=1)
     states = text_start.item_text_states(model, max_tokens=64)  # several forward passes
+    bags = text_start.item_text_states(model, max_tokens=64, words=True)
     content, layout = model.documents.content, model.layout
     seen = set()
     for d in range(len(content)):
@@ -20,6 +21,8 @@ def test_item_text_states_are_the_content_sides_states_on_the_plain_text(tiny_da
         hidden = model.backbone.base_model(input_ids=words[None]).last_hidden_state[0]
         by_hand = hidden[int(content.prompt_length[d]) :].mean(0)
         torch.testing.assert_close(states[item], by_hand, rtol=1e-4, atol=1e-5)
+        bag = model.backbone.get_input_embeddings()(words[int(content.prompt_length[d]) :]).mean(0)
+        torch.testing.assert_close(bags[item], bag, rtol=1e-5, atol=1e-6)  # the ablation: no layer
         seen.add(item)
     assert seen and not states[[i for i in range(model.n_items) if i not in seen]].any()  # no document: zero
 
@@ -53,9 +56,13 @@ def test_the_hook_writes_the_text_into_both_sides_item_tables_only(tiny_data):
     try:
         _, plain, _ = make_model(tiny_data, llm_layers=1)
         text_start.install()
+        text_start.install()  # installed once: the states are read once per model
+        calls, read = [], text_start.item_text_states
+        text_start.item_text_states = lambda *args, **kw: calls.append(1) or read(*args, **kw)
         _, model, _ = make_model(tiny_data, llm_layers=1, text_start_dims=2, text_start_share=0.25)
     finally:
         CLLM4Rec.init_id_tables = svd_start
+    assert len(calls) == 1
     for side in ("collaborative", "content"):
         user, item = model.tables(side)
         plain_user, plain_item = plain.tables(side)
