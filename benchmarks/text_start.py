@@ -95,7 +95,7 @@ def install() -> None:
     start when ``text_start_dims`` is set (``text_start_share``, ``text_start_whiten``,
     ``text_start_source``: ``lm``, the default, or ``words``, the bag of word embeddings)."""
     svd_start = CLLM4Rec.init_id_tables
-    if getattr(svd_start, "text_start", False):  # installed already
+    if hasattr(svd_start, "svd_start"):  # installed already
         return
 
     def init_id_tables(model: CLLM4Rec, config) -> None:
@@ -109,7 +109,7 @@ def install() -> None:
         for side in ("collaborative", "content"):
             write_text_start(model.tables(side)[1].weight, components, config["text_start_share"])
 
-    init_id_tables.text_start = True
+    init_id_tables.svd_start = svd_start
     CLLM4Rec.init_id_tables = init_id_tables
 
 

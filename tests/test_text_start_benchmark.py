@@ -52,7 +52,8 @@ def test_the_hook_writes_the_text_into_both_sides_item_tables_only(tiny_data):
     text_start = load_benchmark("text_start")
     from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
 
-    svd_start = CLLM4Rec.init_id_tables
+    before = CLLM4Rec.init_id_tables  # another test may have installed the hook (reproduce.py does)
+    CLLM4Rec.init_id_tables = getattr(before, "svd_start", before)
     try:
         _, plain, _ = make_model(tiny_data, llm_layers=1)
         text_start.install()
@@ -61,7 +62,7 @@ def test_the_hook_writes_the_text_into_both_sides_item_tables_only(tiny_data):
         text_start.item_text_states = lambda *args, **kw: calls.append(1) or read(*args, **kw)
         _, model, _ = make_model(tiny_data, llm_layers=1, text_start_dims=2, text_start_share=0.25)
     finally:
-        CLLM4Rec.init_id_tables = svd_start
+        CLLM4Rec.init_id_tables = before
     assert len(calls) == 1
     for side in ("collaborative", "content"):
         user, item = model.tables(side)
