@@ -51,7 +51,7 @@ def item_text_states(model: CLLM4Rec, max_tokens: int, words: bool = False) -> t
     ids = content.ids.long()
     is_item_doc = layout.is_item(ids).any(1) & ~layout.is_user(ids).any(1)
     docs = is_item_doc.nonzero().squeeze(1)
-    items = (ids[docs].clamp(min=layout.item_tokens(torch.tensor(0))) - layout.item_tokens(torch.tensor(0))).amax(1)
+    items = layout.split(ids[docs])[2].amax(1)  # an item document's one item (0 at other positions)
     states = torch.zeros(model.n_items, model.collaborative_item_emb.embedding_dim)
     for batch in token_budget_batches(content.length[docs], max_tokens, shuffle=False):
         rows = docs[batch]
