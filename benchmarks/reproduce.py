@@ -109,6 +109,10 @@ VARIANTS: dict[str, dict] = {
     # of the item text; the same start from the bag of word embeddings (no layer)
     "CLLM4Rec-text-start": TEXT_START,
     "CLLM4Rec-text-start-words": {**TEXT_START, "text_start_source": "words"},
+    # the issue rows beside it: the layers' states out of the head; random backbone weights (the
+    # start then reads the text through the random layers too)
+    "CLLM4Rec-text-start-no-LM": {**TEXT_START, "readout_state_weight": 0.0},
+    "CLLM4Rec-text-start-random-LM": {**TEXT_START, "llm_pretrained": False},
 }  # fmt: skip
 METRICS = ["recall@20", "recall@40", "ndcg@100", "paperrecall@20", "paperrecall@40"]
 
