@@ -40,7 +40,7 @@ from recbole_cllm4rec.quick_start import markdown_table, run_model  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import text_start  # noqa: E402
 
-text_start.install()  # inert unless a row sets text_start_dims
+text_start.install()  # inert unless a row sets text_start_source: words
 
 BASELINES = ["Pop", "ItemKNN", "BPR", "MultiVAE", "MultiDAE", "RecVAE", "LightGCN", "EASE", "EASEText"]
 SWEEPS: dict[str, list[dict]] = {
@@ -84,7 +84,6 @@ RECIPES: dict[str, dict] = {
 # trains it (the preset's model keys); the others are named ablations of the defaults
 # (docs/results.md says what each showed).
 PAPER = {k: v for k, v in PAPER_PRESET.items() if k not in SCHEDULE}
-TEXT_START = {"text_start_dims": 256, "text_start_whiten": True, "text_start_share": 0.3}
 VARIANTS: dict[str, dict] = {
     "CLLM4Rec": {},
     "CLLM4Rec-paper": PAPER,
@@ -105,14 +104,13 @@ VARIANTS: dict[str, dict] = {
     "CLLM4Rec-dropout": {"llm_dropout": 0.1},
     "CLLM4Rec-no-pretraining": {"content_warmup_epochs": 0, "pretrain_epochs": 0, "lambda_c": 0.0},
     "CLLM4Rec-mask-0.5": {"mask_ratio": 0.5},
-    # under trial (benchmarks/text_start.py): the item tables start from the SVD plus the LM's reading
-    # of the item text; the same start from the bag of word embeddings (no layer)
-    "CLLM4Rec-text-start": TEXT_START,
-    "CLLM4Rec-text-start-words": {**TEXT_START, "text_start_source": "words"},
-    # the issue rows beside it: the layers' states out of the head; random backbone weights (the
-    # start then reads the text through the random layers too)
-    "CLLM4Rec-text-start-no-LM": {**TEXT_START, "readout_state_weight": 0.0},
-    "CLLM4Rec-text-start-random-LM": {**TEXT_START, "llm_pretrained": False},
+    # the text start (text_start_dims, the defaults) against the SVD alone, and its ablation: the bag
+    # of the text's word embeddings in place of the layers' states (benchmarks/text_start.py's hook)
+    "CLLM4Rec-svd-start": {"text_start_dims": 0},
+    "CLLM4Rec-words-start": {"text_start_source": "words"},
+    # the issue rows for the SVD start (the defaults before the text start)
+    "CLLM4Rec-svd-start-no-LM": {"text_start_dims": 0, "readout_state_weight": 0.0},
+    "CLLM4Rec-svd-start-random-LM": {"text_start_dims": 0, "llm_pretrained": False},
 }  # fmt: skip
 METRICS = ["recall@20", "recall@40", "ndcg@100", "paperrecall@20", "paperrecall@40"]
 

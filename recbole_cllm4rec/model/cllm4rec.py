@@ -91,6 +91,8 @@ class CLLM4Rec(GeneralRecommender):
         "mask_ratio": Rule(float, low=0, below=1),
         # init_id_tables
         "item_init": Rule(str, choices=("random", "svd")),
+        "text_start_dims": Rule(int, low=0),
+        "text_start_share": Rule(float, low=0, below=1),
         # build_item_head
         "readout": Rule(str, choices=("last", "mean", "items")),
         "readout_skip": Rule(float, low=0, optional=True),
@@ -204,7 +206,7 @@ class CLLM4Rec(GeneralRecommender):
         return cached_content_documents(sources, self.tokenizer, config["max_seq_len"], cache_dir, config["dataset"])
 
     def init_id_tables(self, config) -> None:
-        """``item_init: svd`` starts both sides at the SVD; and which rows each side trains.
+        """``item_init: svd`` starts both sides at the SVD (and the text start); and which rows each side trains.
 
         A row with no document on a side never moves from its init, so mutual regularization pulls
         only toward rows the other side trains (``collaborative_trained`` / ``content_trained``,
@@ -222,6 +224,8 @@ class CLLM4Rec(GeneralRecommender):
         if config["item_init"] == "svd":
             self.init_from_svd(history, config["seed"])
             content_rows[:] = True
+            if config["text_start_dims"] and config["text_start_share"]:
+                self.init_from_text(config["text_start_dims"], config["text_start_share"], config["seed"], config["eval_batch_tokens"])
         self.register_buffer("content_trained", content_rows, persistent=False)
 
     @torch.no_grad()
@@ -253,6 +257,72 @@ class CLLM4Rec(GeneralRecommender):
                 start = torch.zeros_like(table.weight)
                 start[:, :rank] = factors / factors[1:].std() * self.init_std
                 table.weight.copy_(torch.where(degrees[k][:, None] > 0, start, collaborative[k].weight))
+
+    @torch.no_grad()
+    def init_from_text(self, dims: int, share: float, seed: int, max_tokens: int) -> None:
+        """The text start: the last ``dims`` dimensions of both sides' item tables (the SVD's weakest
+        factors) take the whitened top principal components of the LM's own reading of each item's
+        text (``item_text_states``), at ``share`` of a row's mean squared norm beside the SVD part.
+
+        A history's mean item embedding . an item (the skip) then adds the two items' text similarity
+        as the LM reads it to their collaborative similarity, where the content LM and mutual
+        regularization train on from. On amazon-beauty-paper it raised validation Recall@20 by 7.5 %
+        (most for sparse users and tail items); whitened, because unwhitened the few largest
+        components, what every item text shares, swamp the rest (``docs/results.md``). Without item
+        text it does nothing; at most half of a row's dimensions, one per item with text."""
+        states = self.item_text_states(max_tokens)
+        dims = min(dims, states.shape[1] // 2, int((states.abs().sum(1) > 0).sum()))
+        if not dims:
+            return
+        components = self.text_components(states, dims, seed)
+        for side in ("collaborative", "content"):
+            self.write_text_start(self.tables(side)[1].weight, components, share)
+
+    @staticmethod
+    def text_components(states: torch.Tensor, dims: int, seed: int) -> torch.Tensor:
+        """The top ``dims`` principal components of the rows that have text, whitened (orthonormal
+        columns: each weighs the same); zero rows elsewhere."""
+        has_text = states.abs().sum(1) > 0
+        centred = states[has_text] - states[has_text].mean(0)
+        with torch.random.fork_rng(devices=[]):  # randomized PCA: drawn from the seed, global state untouched
+            torch.manual_seed(seed)
+            u = torch.pca_lowrank(centred, q=dims, center=False, niter=4)[0]
+        components = torch.zeros(len(states), dims)
+        components[has_text] = u
+        return components
+
+    @staticmethod
+    def write_text_start(item_table: torch.Tensor, components: torch.Tensor, share: float) -> None:
+        """The last ``components.shape[1]`` dimensions of ``item_table`` (row 0, padding, skipped) take
+        the components, scaled to ``share`` of the rows' mean squared norm beside the rest."""
+        dims = components.shape[1]
+        rest = item_table[1:, :-dims].pow(2).sum(1).mean()
+        scale = (share / (1 - share) * rest / components[1:].pow(2).sum(1).mean().clamp(min=1e-12)).sqrt()
+        item_table[1:, -dims:] = components[1:].to(item_table) * scale
+
+    @torch.no_grad()
+    def item_text_states(self, max_tokens: int) -> torch.Tensor:
+        """``[n_items, hidden]``: each item's content document as the plain prompt (the word ``item``
+        in place of its ID token) read by the content side, the last layer's states averaged over the
+        text; zero for an item without a document. ``max_tokens``: padded tokens per forward pass."""
+        layout, content = self.layout, self.documents.content
+        ids = content.ids.long()
+        docs = (layout.is_item(ids).any(1) & ~layout.is_user(ids).any(1)).nonzero().squeeze(1)
+        items = layout.split(ids[docs])[2].amax(1)  # an item document's one item (0 at other positions)
+        states = torch.zeros(self.n_items, self.collaborative_item_emb.embedding_dim)
+        for batch in token_budget_batches(content.length[docs], max_tokens, shuffle=False):
+            rows = docs[batch]
+            length, prompt_length = content.length[rows], content.prompt_length[rows]
+            plain = layout.as_words(ids[rows][:, : int(length.max())], *self.plain_words).to(self.device)
+            hidden = self.text_states(plain, length.to(self.device)).cpu()
+            positions = torch.arange(plain.shape[1])[None, :]
+            text = ((positions >= prompt_length[:, None]) & (positions < length[:, None])).float()
+            states[items[batch]] = (text[:, :, None] * hidden).sum(1) / text.sum(1, keepdim=True).clamp(min=1)
+        return states
+
+    def text_states(self, words: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """What the text start reads of plain-word documents: the content side's last-layer states."""
+        return self.hidden_states(words, length, "content")
 
     def build_item_head(self, config) -> None:
         """What the item head reads (``readout``, the skip) and adds (the item bias); the loss's scale."""
