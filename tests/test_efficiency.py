@@ -116,9 +116,11 @@ def test_document_lengths_are_the_built_documents_lengths(tiny_data, max_seq_len
 
 
 def test_bf16_and_fp32_rank_the_same_top_items(tiny_data):
+    # text_start_dims=0: the start whitens the text states' principal components, so bf16 rounding in
+    # the tiny backbone's states moves the starting tables themselves; this test compares the scoring pass.
     top = []
     for dtype in ("float32", "bfloat16"):
-        _, model, _ = make_model(tiny_data, llm_dtype=dtype, init_std=1.0)
+        _, model, _ = make_model(tiny_data, llm_dtype=dtype, init_std=1.0, text_start_dims=0)
         model.eval()
         with torch.no_grad():
             scores = model.full_sort_predict({model.USER_ID: torch.arange(1, model.n_users)})

@@ -141,7 +141,7 @@ def test_id_tables_start_from_the_seed_whatever_loading_consumed(tiny_data, monk
 
 
 def test_svd_init_factorizes_the_normalized_training_matrix(tiny_data):
-    config, model, _ = make_model(tiny_data, item_init="svd")
+    config, model, _ = make_model(tiny_data, item_init="svd", text_start_dims=0)  # the SVD alone
     users, items = model.collaborative_user_emb.weight[1:], model.collaborative_item_emb.weight[1:]
     matrix = torch.zeros(model.n_users, model.n_items)
     for u in range(1, model.n_users):
