@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -146,7 +147,7 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
         log.warning(line)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_obj = get_model(config["model"])(config, train_data.dataset).to(config["device"])
+    model_obj = build_model(config, train_data.dataset, from_checkpoint=bool(config["resume"]))
     log.info(model_obj)
     trainer = trainer_class(config, model_obj)
     trainer.split_fingerprint = fingerprint
@@ -187,6 +188,16 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     }
 
 
+def build_model(config, dataset, from_checkpoint: bool) -> torch.nn.Module:
+    """The configured model on its device. ``from_checkpoint``: its weights are loaded next, so a model
+    that takes ``start_tables`` (CLLM4Rec) skips the starts of its ID tables, which the checkpoint
+    overwrites."""
+    model_class = get_model(config["model"])
+    skips_starts = from_checkpoint and "start_tables" in inspect.signature(model_class).parameters
+    starts = {"start_tables": False} if skips_starts else {}
+    return model_class(config, dataset, **starts).to(config["device"])
+
+
 def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
     """RecBole's ``load_data_and_model`` made safe: the checkpoint's checksum is verified, the data
     folder can be given again (``data_path``: the folder holding ``<dataset>/``) when the recorded one
@@ -225,7 +236,7 @@ def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
     if split and split != split_fingerprint(train_data.dataset, valid_data.dataset, test_data.dataset):
         raise ValueError(f"the data under {config['data_path']} no longer gives the split {checkpoint_file} was trained on")
     init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data.dataset).to(config["device"])
+    model = build_model(config, train_data.dataset, from_checkpoint=True)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data

@@ -7,7 +7,8 @@ import torch
 from conftest import make_model, tiny_config_dict, write_tiny_dataset
 
 from recbole_cllm4rec import recommend
-from recbole_cllm4rec.quick_start import run_model
+from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
+from recbole_cllm4rec.quick_start import load_data_and_model, run_model
 from recbole_cllm4rec.trainer import CLLM4RecTrainer, load_checkpoint
 
 
@@ -56,9 +57,30 @@ def test_kill_and_resume_matches_the_uninterrupted_run(tiny_data, monkeypatch, c
         crash_on_call(patch, crash_at)
         with pytest.raises(Crash):
             run_model("CLLM4Rec", "tiny", config_dict=schedule(tiny_data))
-    resumed = run_model("CLLM4Rec", "tiny", config_dict=schedule(tiny_data, resume=True))
+    with monkeypatch.context() as patch:  # the resume point holds the tables: their starts are not redone
+        refuse_table_starts(patch)
+        resumed = run_model("CLLM4Rec", "tiny", config_dict=schedule(tiny_data, resume=True))
     assert resumed["test_result"] == uninterrupted["test_result"]
     assert resumed["best_valid_result"] == uninterrupted["best_valid_result"]
+
+
+def refuse_table_starts(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the ID tables' start ran for a model whose tables are loaded")
+
+    monkeypatch.setattr(CLLM4Rec, "init_from_svd", refuse)
+    monkeypatch.setattr(CLLM4Rec, "init_from_text", refuse)
+
+
+def test_a_loaded_model_skips_the_starts_and_holds_the_checkpoints_tables(tiny_data, monkeypatch):
+    result = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data))
+    state = load_checkpoint(result["checkpoint"], "cpu")["state_dict"]
+    refuse_table_starts(monkeypatch)
+    config, model, *_ = load_data_and_model(result["checkpoint"])
+    assert config["item_init"] == "svd" and config["text_start_dims"] > 0  # the starts it skipped
+    for name, weight in model.state_dict().items():
+        if name in state and name != "backbone_fingerprint":
+            torch.testing.assert_close(weight, state[name], rtol=0, atol=0)
 
 
 def test_a_corrupted_checkpoint_is_refused(tiny_data):

@@ -109,13 +109,16 @@ class CLLM4Rec(GeneralRecommender):
     # (before content_layers, the content LM read llm_layers)
     EARLIER_KEYS = {"content_layers": "llm_layers"}
 
-    def __init__(self, config, dataset):
+    def __init__(self, config, dataset, *, start_tables: bool = True):
+        """``start_tables=False``: the ID tables are about to be loaded from a checkpoint, so their
+        starts are skipped (the text start reads every item text through all 30 layers: on
+        amazon-beauty-paper minutes of CPU that the loaded tables overwrite)."""
         check_config_values(config, self.CONFIG_RULES)
         super().__init__(config, dataset)
         self.build_backbone(config)
         self.build_id_tables(config)
         self.build_documents(config, dataset)
-        self.init_id_tables(config)
+        self.init_id_tables(config, start_tables)
         self.build_item_head(config)
 
     # ------------------------------------------------------------------ construction
@@ -205,8 +208,9 @@ class CLLM4Rec(GeneralRecommender):
         cache_dir = Path(config["llm_cache_dir"] or default_cache_dir()) / "corpus" if sources else None
         return cached_content_documents(sources, self.tokenizer, config["max_seq_len"], cache_dir, config["dataset"])
 
-    def init_id_tables(self, config) -> None:
-        """``item_init: svd`` starts both sides at the SVD (and the text start); and which rows each side trains.
+    def init_id_tables(self, config, start_tables: bool) -> None:
+        """``item_init: svd`` starts both sides at the SVD (and the text start) when ``start_tables``;
+        and which rows each side trains.
 
         A row with no document on a side never moves from its init, so mutual regularization pulls
         only toward rows the other side trains (``collaborative_trained`` / ``content_trained``,
@@ -222,8 +226,9 @@ class CLLM4Rec(GeneralRecommender):
         content_rows = torch.zeros(self.n_users + self.n_items, dtype=torch.bool)
         content_rows[layout.id_rows(content_ids[layout.is_id(content_ids)]).unique()] = True
         if config["item_init"] == "svd":
-            self.init_from_svd(history, config["seed"])
             content_rows[:] = True
+        if config["item_init"] == "svd" and start_tables:
+            self.init_from_svd(history, config["seed"])
             if config["text_start_dims"] and config["text_start_share"]:
                 self.init_from_text(config["text_start_dims"], config["text_start_share"], config["seed"], config["eval_batch_tokens"])
         self.register_buffer("content_trained", content_rows, persistent=False)
