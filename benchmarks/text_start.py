@@ -39,10 +39,10 @@ def install() -> None:
     if hasattr(init, "lm_source"):  # installed already
         return
 
-    def init_id_tables(model: CLLM4Rec, config) -> None:
+    def init_id_tables(model: CLLM4Rec, config, start_tables: bool) -> None:
         if config["text_start_source"] == "words":
             model.text_states = lambda words, length: model.backbone.get_input_embeddings()(words).float()
-        init(model, config)
+        init(model, config, start_tables)
 
     init_id_tables.lm_source = init
     CLLM4Rec.init_id_tables = init_id_tables
