@@ -227,9 +227,9 @@ class CLLM4Rec(GeneralRecommender):
         content_rows[layout.id_rows(content_ids[layout.is_id(content_ids)]).unique()] = True
         if config["item_init"] == "svd":
             content_rows[:] = True
-        if config["item_init"] == "svd" and start_tables:
-            self.init_from_svd(history, config["seed"])
-            if config["text_start_dims"] and config["text_start_share"]:
+            if start_tables:
+                self.init_from_svd(history, config["seed"])
+            if start_tables and config["text_start_dims"] and config["text_start_share"]:
                 self.init_from_text(config["text_start_dims"], config["text_start_share"], config["seed"], config["eval_batch_tokens"])
         self.register_buffer("content_trained", content_rows, persistent=False)
 
