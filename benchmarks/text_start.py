@@ -30,6 +30,7 @@ import recbole_cllm4rec  # noqa: E402,F401
 from id_signal import interactions, recall_at  # noqa: E402
 
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec  # noqa: E402
+from recbole_cllm4rec.model.text_start import text_components, write_text_start  # noqa: E402
 
 
 def install() -> None:
@@ -75,11 +76,11 @@ def start_grid(dataset: str, data_path: str | None, dims: list[int], shares: lis
              "| text dims | " + " | ".join(f"share {s:g}" for s in shares) + " |", "|---|" + "---|" * len(shares),
              f"| 0 (the SVD alone) | {tables_alone(svd):.4f} |" + " |" * (len(shares) - 1)]  # fmt: skip
     for d in dims:
-        components = CLLM4Rec.text_components(states, d, config["seed"])
+        components = text_components(states, d, config["seed"])
         cells = []
         for share in shares:
             items = svd.clone()
-            CLLM4Rec.write_text_start(items, components, share)
+            write_text_start(items, components, share)
             cells.append(f"{tables_alone(items):.4f}")
         lines.append(f"| {d}, whitened | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)

@@ -4,6 +4,7 @@ import torch
 from conftest import load_benchmark, make_model
 
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
+from recbole_cllm4rec.model.text_start import text_components, write_text_start
 
 
 def test_item_text_states_are_the_content_sides_states_on_the_plain_text(tiny_data):
@@ -28,7 +29,7 @@ def test_item_text_states_are_the_content_sides_states_on_the_plain_text(tiny_da
 def test_the_text_takes_the_last_dimensions_at_its_share_of_the_squared_norm():
     table = torch.tensor([[9.0, 9.0, 9.0, 9.0], [1.0, 1.0, 5.0, 5.0], [3.0, 1.0, 5.0, 5.0]])
     components = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-    CLLM4Rec.write_text_start(table, components, share=0.5)
+    write_text_start(table, components, share=0.5)
     # rows 1-2: the rest's mean squared norm is (2 + 10) / 2 = 6, the components' (1 + 4) / 2 = 2.5: scale sqrt(6 / 2.5)
     scale = (6 / 2.5) ** 0.5
     torch.testing.assert_close(table, torch.tensor([[9.0, 9.0, 9.0, 9.0], [1.0, 1.0, scale, 0.0], [3.0, 1.0, 0.0, 2 * scale]]))
@@ -37,7 +38,7 @@ def test_the_text_takes_the_last_dimensions_at_its_share_of_the_squared_norm():
 
 def test_text_components_are_whitened_principal_components_of_the_rows_with_text():
     states = torch.tensor([[0.0, 0.0], [3.0, 1.0], [1.0, 1.0], [2.0, 1.0]])  # row 0: no text
-    components = CLLM4Rec.text_components(states, dims=1, seed=0)
+    components = text_components(states, dims=1, seed=0)
     # centred (mean (2, 1)): (1, 0), (-1, 0), (0, 0); one component along x, up to its sign, unit norm
     torch.testing.assert_close(components.abs(), torch.tensor([[0.0], [0.5**0.5], [0.5**0.5], [0.0]]), atol=1e-5, rtol=0)
 

@@ -60,6 +60,7 @@ from recbole_cllm4rec.model.adapters import (
     truncate_layers,
 )
 from recbole_cllm4rec.model.item_softmax import ItemLogSumExp
+from recbole_cllm4rec.model.text_start import text_components, write_text_start
 from recbole_cllm4rec.validation import Rule, check_config_values
 
 Shard = tuple[int, int]  # (rank, world size) under data parallelism; (0, 1) in one process
@@ -272,38 +273,15 @@ class CLLM4Rec(GeneralRecommender):
         A history's mean item embedding . an item (the skip) then adds the two items' text similarity
         as the LM reads it to their collaborative similarity, where the content LM and mutual
         regularization train on from. On amazon-beauty-paper it raised validation Recall@20 by 7.5 %
-        (most for sparse users and tail items); whitened, because unwhitened the few largest
-        components, what every item text shares, swamp the rest (``docs/results.md``). Without item
-        text it does nothing; at most half of a row's dimensions, one per item with text."""
+        (most for sparse users and tail items; ``docs/results.md``). Without item text it does
+        nothing; at most half of a row's dimensions, one per item with text."""
         states = self.item_text_states(max_tokens)
         dims = min(dims, states.shape[1] // 2, int((states.abs().sum(1) > 0).sum()))
         if not dims:
             return
-        components = self.text_components(states, dims, seed)
+        components = text_components(states, dims, seed)
         for side in ("collaborative", "content"):
-            self.write_text_start(self.tables(side)[1].weight, components, share)
-
-    @staticmethod
-    def text_components(states: torch.Tensor, dims: int, seed: int) -> torch.Tensor:
-        """The top ``dims`` principal components of the rows that have text, whitened (orthonormal
-        columns: each weighs the same); zero rows elsewhere."""
-        has_text = states.abs().sum(1) > 0
-        centred = states[has_text] - states[has_text].mean(0)
-        with torch.random.fork_rng(devices=[]):  # randomized PCA: drawn from the seed, global state untouched
-            torch.manual_seed(seed)
-            u = torch.pca_lowrank(centred, q=dims, center=False, niter=4)[0]
-        components = torch.zeros(len(states), dims)
-        components[has_text] = u
-        return components
-
-    @staticmethod
-    def write_text_start(item_table: torch.Tensor, components: torch.Tensor, share: float) -> None:
-        """The last ``components.shape[1]`` dimensions of ``item_table`` (row 0, padding, skipped) take
-        the components, scaled to ``share`` of the rows' mean squared norm beside the rest."""
-        dims = components.shape[1]
-        rest = item_table[1:, :-dims].pow(2).sum(1).mean()
-        scale = (share / (1 - share) * rest / components[1:].pow(2).sum(1).mean().clamp(min=1e-12)).sqrt()
-        item_table[1:, -dims:] = components[1:].to(item_table) * scale
+            write_text_start(self.tables(side)[1].weight, components, share)
 
     @torch.no_grad()
     def item_text_states(self, max_tokens: int) -> torch.Tensor:
