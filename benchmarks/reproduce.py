@@ -38,9 +38,11 @@ import recbole_cllm4rec  # noqa: E402,F401
 from recbole_cllm4rec.quick_start import markdown_table, run_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sparse_anchor  # noqa: E402
 import text_start  # noqa: E402
 
 text_start.install()  # inert unless a row sets text_start_source: words
+sparse_anchor.install()  # inert unless a row sets mutual_reg_sparsity
 
 BASELINES = ["Pop", "ItemKNN", "BPR", "MultiVAE", "MultiDAE", "RecVAE", "LightGCN", "EASE", "EASEText"]
 SWEEPS: dict[str, list[dict]] = {
@@ -111,6 +113,8 @@ VARIANTS: dict[str, dict] = {
     # the issue rows for the SVD start (the defaults before the text start)
     "CLLM4Rec-svd-start-no-LM": {"text_start_dims": 0, "readout_state_weight": 0.0},
     "CLLM4Rec-svd-start-random-LM": {"text_start_dims": 0, "llm_pretrained": False},
+    # under trial: mutual regularization weighted up for sparse users and items (benchmarks/sparse_anchor.py)
+    "CLLM4Rec-sparse-anchor": {"mutual_reg_sparsity": 0.5},
 }  # fmt: skip
 METRICS = ["recall@20", "recall@40", "ndcg@100", "paperrecall@20", "paperrecall@40"]
 
