@@ -18,7 +18,6 @@ Runs the quick loop (``quick_loop.py``'s configuration and ``--work``) with the 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -90,19 +89,11 @@ def install() -> None:
 
 
 def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("settings", nargs="*", help="key=value (yaml) over the quick loop")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data_path", default=None)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--work", default="results/quick")
-    args = parser.parse_args(argv)
+    """The quick loop (``quick_loop.py``'s arguments) with the hook installed."""
     import quick_loop
 
     install()
-    rest = ["--dataset", args.dataset, "--epochs", str(args.epochs), "--threads", str(args.threads), "--work", args.work]
-    return quick_loop.main(args.settings + rest + (["--data_path", args.data_path] if args.data_path else []))
+    return quick_loop.main(argv)
 
 
 if __name__ == "__main__":
