@@ -10,6 +10,7 @@ users, or the items, that have any): an item or user with few interactions is he
 other side (with the text start, to the LM's reading of its text), a popular one is freer to move.
 Why: the text start helps the sparse users and the tail items, and CLLM4Rec loses to EASE on the
 head items and the long histories (``docs/results.md``). ``b`` 0: the defaults.
+``mutual_reg_sparsity_on: items`` (or ``users``) weighs only that side's rows; the other's weigh 1.
 """
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ def install() -> None:
             history = model.documents.history_items
             item_degree = torch.bincount(history[history > 0].cpu(), minlength=model.n_items)
             weights = sparsity_weights(model.documents.history_len.cpu(), item_degree, power)
+            n_users = len(model.documents.history_len)
+            on = config["mutual_reg_sparsity_on"] or "both"
+            if on == "items":
+                weights[:n_users] = 1.0
+            elif on == "users":
+                weights[n_users:] = 1.0
             model.register_buffer("anchor_weights", weights.to(model.device), persistent=False)
 
     def weighted(model: CLLM4Rec, ids: torch.Tensor, side: str, batch_ids: torch.Tensor) -> torch.Tensor:
