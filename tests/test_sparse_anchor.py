@@ -11,6 +11,8 @@ def test_sparsity_weights_are_the_capped_power_of_median_over_degree():
     expected = [2.0, 2.0, 1.0, 0.5, 8**0.5, 2.0, 1.0, 1.0, (8 / 100) ** 0.5]
     torch.testing.assert_close(weights, torch.tensor(expected))
     assert load_benchmark("sparse_anchor").sparsity_weights(torch.tensor([1, 50, 50]), torch.tensor([1]), 2.0)[0] == 10.0  # 2500, capped
+    floored = load_benchmark("sparse_anchor").sparsity_weights(torch.tensor([1, 4, 16]), torch.tensor([2, 8, 100]), 0.5, 1.0)
+    torch.testing.assert_close(floored, torch.tensor([2.0, 1.0, 1.0, 2.0, 1.0, 1.0]))  # 0.5 and 0.28 raised to 1
 
 
 def test_the_weighted_regularization_weighs_each_id_token_by_its_row(tiny_data):
