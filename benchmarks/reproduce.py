@@ -187,6 +187,9 @@ def run_once(model: str, dataset: str, config: dict, work: Path) -> dict:
     settings = {k: v for k, v in config.items() if k != "data_path"}
     if model.startswith("CLLM4Rec"):  # a changed yaml default is a new configuration
         settings["defaults"] = hashlib.sha1(DEFAULTS.read_bytes()).hexdigest()
+    dataset_yaml = PROPERTIES / "dataset" / f"{dataset}.yaml"  # the dataset's presets, every model's too
+    if dataset_yaml.is_file():
+        settings["dataset_defaults"] = hashlib.sha1(dataset_yaml.read_bytes()).hexdigest()
     settings = json.dumps(settings, sort_keys=True, default=str)
     key = f"{model}-{hashlib.sha1(settings.encode()).hexdigest()[:10]}"
     path = work / f"{key}.json"

@@ -205,3 +205,16 @@ def test_paper_recall_runs_as_a_recbole_metric(tiny_data):
     config = tiny_config_dict(tiny_data, metrics=["Recall", "PaperRecall"], epochs=1, pretrain_epochs=0, content_warmup_epochs=0)
     result = run_model("Pop", "tiny", config_dict=config)["test_result"]
     assert result["paperrecall@10"] >= result["recall@10"] > 0
+
+
+def test_a_dataset_preset_sits_under_the_users_config_files():
+    from pathlib import Path
+
+    from recbole_cllm4rec.registry import Config
+
+    properties = Path(__file__).resolve().parent.parent / "properties"
+    beauty = {"model": "CLLM4Rec", "dataset": "amazon-beauty-paper", "config_dict": {"data_path": "/nonexistent"}}
+    assert Config(**beauty)["lambda_c"] == 300.0  # properties/dataset/amazon-beauty-paper.yaml over CLLM4Rec.yaml
+    assert Config(model="CLLM4Rec", dataset="ml-100k")["lambda_c"] == 1000.0  # properties/CLLM4Rec.yaml
+    paper = Config(**beauty, config_file_list=[str(properties / "presets" / "CLLM4Rec-paper.yaml")])
+    assert paper["lambda_c"] == 1.0  # the paper preset (a config file) over the dataset preset
