@@ -30,7 +30,7 @@ import recbole_cllm4rec  # noqa: E402,F401
 from id_signal import interactions, recall_at  # noqa: E402
 
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec  # noqa: E402
-from recbole_cllm4rec.model.text_start import text_components, write_text_start  # noqa: E402
+from recbole_cllm4rec.model.starts import text_components, write_text_start  # noqa: E402
 
 
 def install() -> None:

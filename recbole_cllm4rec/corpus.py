@@ -342,6 +342,25 @@ def cached_content_documents(
     return docs
 
 
+def content_documents(
+    config, dataset, tokenizer, layout: IdLayout, history: torch.Tensor, cache_dir: Path
+) -> ContentDocuments:
+    """The content corpus ``config``'s text keys ask for: ``.item`` / ``.user`` text columns and the
+    reviews of training interactions (``history``), tokenized once per dataset and backbone."""
+    sources = {}
+    for source, n in (("item", layout.n_items), ("user", layout.n_users)):
+        if config[f"{source}_text_template"]:
+            texts = field_texts(dataset, source, config[f"{source}_text_template"])
+            prompt = SoftHardPrompt(config[f"{source}_prompt"], tokenizer, layout)
+            sources[source] = (prompt.ids(**{f"{source}s": torch.arange(1, n)}), texts[1:])
+    if config["review_text_field"]:
+        users, items, texts = review_texts(dataset, config["review_text_field"], history)
+        prompt = SoftHardPrompt(config["review_prompt"], tokenizer, layout)
+        sources["review"] = (prompt.ids(users=users, items=items), texts)
+    cache_dir = cache_dir if sources else None
+    return cached_content_documents(sources, tokenizer, config["max_seq_len"], cache_dir, config["dataset"])
+
+
 def stored_history(dataset, seed: int) -> torch.Tensor:
     """Each user's training items ``[n_users, max_len]`` (0-padded), without repeats, most recent first.
 

@@ -4,7 +4,7 @@ import torch
 from conftest import load_benchmark, make_model
 
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
-from recbole_cllm4rec.model.text_start import text_components, write_text_start
+from recbole_cllm4rec.model.starts import text_components, write_text_start
 
 
 def test_item_text_states_are_the_content_sides_states_on_the_plain_text(tiny_data):

@@ -39,17 +39,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_cllm4rec.backbone import default_cache_dir, load_backbone, reinitialize
-from recbole_cllm4rec.corpus import (
-    ContentDocuments,
-    Documents,
-    IdLayout,
-    SoftHardPrompt,
-    cached_content_documents,
-    field_texts,
-    review_texts,
-    stored_history,
-    token_budget_batches,
-)
+from recbole_cllm4rec.corpus import Documents, IdLayout, content_documents, stored_history, token_budget_batches
 from recbole_cllm4rec.model.adapters import (
     add_lora,
     autocast_dtype,
@@ -60,7 +50,7 @@ from recbole_cllm4rec.model.adapters import (
     truncate_layers,
 )
 from recbole_cllm4rec.model.item_softmax import ItemLogSumExp
-from recbole_cllm4rec.model.text_start import text_components, write_text_start
+from recbole_cllm4rec.model.starts import svd_factors, text_components, write_text_start
 from recbole_cllm4rec.validation import Rule, check_config_values
 
 Shard = tuple[int, int]  # (rank, world size) under data parallelism; (0, 1) in one process
@@ -183,7 +173,8 @@ class CLLM4Rec(GeneralRecommender):
     def build_documents(self, config, dataset) -> None:
         """Training histories and text, as the documents every stage reads (``corpus.Documents``)."""
         history = stored_history(dataset, config["seed"])
-        content = self.content_documents(config, dataset, history)
+        cache_dir = Path(config["llm_cache_dir"] or default_cache_dir()) / "corpus"
+        content = content_documents(config, dataset, self.tokenizer, self.layout, history, cache_dir)
         self.documents = Documents(config, self.layout, self.tokenizer, history, content)
         # the words a plain prompt has where the ID tokens stand (content_lm_loss(plain=True))
         self.plain_words = tuple(self.tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("user", "item"))
@@ -192,22 +183,6 @@ class CLLM4Rec(GeneralRecommender):
         for key, value in caps.items():
             if context is not None and value > context:
                 raise ValueError(f"{key}={value} exceeds the backbone's context of {context} tokens")
-
-    def content_documents(self, config, dataset, history: torch.Tensor) -> ContentDocuments:
-        """The content corpus: ``.item`` / ``.user`` text columns and reviews of training interactions,
-        tokenized once per dataset and backbone (cached under ``llm_cache_dir/corpus``)."""
-        sources = {}
-        for source, n in (("item", self.n_items), ("user", self.n_users)):
-            if config[f"{source}_text_template"]:
-                texts = field_texts(dataset, source, config[f"{source}_text_template"])
-                prompt = SoftHardPrompt(config[f"{source}_prompt"], self.tokenizer, self.layout)
-                sources[source] = (prompt.ids(**{f"{source}s": torch.arange(1, n)}), texts[1:])
-        if config["review_text_field"]:
-            users, items, texts = review_texts(dataset, config["review_text_field"], history)
-            prompt = SoftHardPrompt(config["review_prompt"], self.tokenizer, self.layout)
-            sources["review"] = (prompt.ids(users=users, items=items), texts)
-        cache_dir = Path(config["llm_cache_dir"] or default_cache_dir()) / "corpus" if sources else None
-        return cached_content_documents(sources, self.tokenizer, config["max_seq_len"], cache_dir, config["dataset"])
 
     def init_id_tables(self, config, start_tables: bool) -> None:
         """``item_init: svd`` starts both sides at the SVD (and the text start) when ``start_tables``;
@@ -236,32 +211,21 @@ class CLLM4Rec(GeneralRecommender):
 
     @torch.no_grad()
     def init_from_svd(self, history: torch.Tensor, seed: int) -> None:
-        """User and item tables (both sides) start at a truncated SVD ``U S V^T`` of the
-        degree-normalized training matrix ``D_u^-1/2 R D_i^-1/2`` (so popular items do not take
-        every factor; as E4SRec starts from CF embeddings): users ``U sqrt(S)``, items ``V sqrt(S)``,
-        each rescaled to ``init_std``. Both sides start equal: mutual regularization starts at zero.
+        """User and item tables (both sides) start at the SVD factors of the training matrix
+        (``starts.svd_factors``; as E4SRec starts from CF embeddings), each rescaled to ``init_std``.
+        Both sides start equal: mutual regularization starts at zero.
 
         A user or item without training interactions has no factor: its rows keep their N(0,
         ``init_std``) draw (the collaborative one on both sides). At the zero vector, a 30-layer
         SmolLM2 gives it non-finite gradients, and the first content pass at full depth turned the
         tables to NaN on ml-100k (27 such rows)."""
-        rows, cols = (history > 0).nonzero(as_tuple=True)
-        items, rows = history[rows, cols].cpu(), rows.cpu()
-        degrees = torch.bincount(rows, minlength=self.n_users), torch.bincount(items, minlength=self.n_items)
-        user_degree, item_degree = (d.clamp(min=1).float() for d in degrees)
-        values = (user_degree[rows] * item_degree[items]).rsqrt()
-        # sparse: memory grows with interactions, not users x items
-        shape = (self.n_users, self.n_items)
-        matrix = torch.sparse_coo_tensor(torch.stack([rows, items]), values, shape, check_invariants=True).coalesce()
         rank = min(self.collaborative_item_emb.embedding_dim, self.n_users - 1, self.n_items - 1)
-        with torch.random.fork_rng(devices=[]):  # randomized SVD: drawn from the seed, global state untouched
-            torch.manual_seed(seed)
-            u, singular, v = torch.svd_lowrank(matrix, q=rank, niter=4)
+        factors, degrees = svd_factors(history, self.n_users, self.n_items, rank, seed)
         collaborative = self.tables("collaborative")
         for side in ("collaborative", "content"):
-            for k, (table, factors) in enumerate(zip(self.tables(side), (u * singular.sqrt(), v * singular.sqrt()))):
+            for k, (table, factor) in enumerate(zip(self.tables(side), factors)):
                 start = torch.zeros_like(table.weight)
-                start[:, :rank] = factors / factors[1:].std() * self.init_std
+                start[:, :rank] = factor / factor[1:].std() * self.init_std
                 table.weight.copy_(torch.where(degrees[k][:, None] > 0, start, collaborative[k].weight))
 
     @torch.no_grad()

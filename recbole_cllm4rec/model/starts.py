@@ -1,8 +1,28 @@
-"""The text start's arithmetic (``CLLM4Rec.init_from_text``): which directions of the LM's reading of
-the item texts the item tables start from, and at what scale."""
+"""The ID tables' starts (``CLLM4Rec.init_id_tables``): the SVD of the training matrix, and which
+directions of the LM's reading of the item texts the item tables start from, at what scale."""
 from __future__ import annotations
 
 import torch
+
+
+def svd_factors(
+    history: torch.Tensor, n_users: int, n_items: int, rank: int, seed: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """((users ``U sqrt(S)``, items ``V sqrt(S)``), (user degrees, item degrees)) of a rank-``rank``
+    truncated SVD ``U S V^T`` of the degree-normalized training matrix ``D_u^-1/2 R D_i^-1/2`` (so
+    popular items do not take every factor); ``history``: each user's items, 0-padded."""
+    rows, cols = (history > 0).nonzero(as_tuple=True)
+    items, rows = history[rows, cols].cpu(), rows.cpu()
+    degrees = torch.bincount(rows, minlength=n_users), torch.bincount(items, minlength=n_items)
+    user_degree, item_degree = (d.clamp(min=1).float() for d in degrees)
+    values = (user_degree[rows] * item_degree[items]).rsqrt()
+    # sparse: memory grows with interactions, not users x items
+    indices = torch.stack([rows, items])
+    matrix = torch.sparse_coo_tensor(indices, values, (n_users, n_items), check_invariants=True).coalesce()
+    with torch.random.fork_rng(devices=[]):  # randomized SVD: drawn from the seed, global state untouched
+        torch.manual_seed(seed)
+        u, singular, v = torch.svd_lowrank(matrix, q=rank, niter=4)
+    return (u * singular.sqrt(), v * singular.sqrt()), degrees
 
 
 def text_components(states: torch.Tensor, dims: int, seed: int) -> torch.Tensor:
