@@ -1,10 +1,10 @@
-"""The text start (``text_start_dims``): the item tables start from the SVD plus the LM's reading of the item text."""
+"""The ID tables' starts: the SVD of the training matrix, and the text start (``text_start_dims``): the item tables start from the SVD plus the LM's reading of the item text."""
 import pytest
 import torch
 from conftest import load_benchmark, make_model
 
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
-from recbole_cllm4rec.model.starts import text_components, write_text_start
+from recbole_cllm4rec.model.starts import svd_factors, text_components, write_text_start
 
 
 def test_item_text_states_are_the_content_sides_states_on_the_plain_text(tiny_data):
@@ -93,3 +93,13 @@ def test_the_words_ablation_reads_the_bag_of_word_embeddings(tiny_data):
         item = int(layout.id_rows(ids[layout.is_item(ids)])[0]) - model.n_users
         words = layout.as_words(ids, *model.plain_words)[int(content.prompt_length[d]) :]
         torch.testing.assert_close(bags[item], model.backbone.get_input_embeddings()(words).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_svd_factors_rebuild_the_degree_normalized_training_matrix_at_full_rank():
+    history = torch.tensor([[0, 0], [1, 2], [2, 0], [1, 3]])  # user 0 has no items; 0 pads
+    (users, items), (user_degree, item_degree) = svd_factors(history, 4, 4, rank=3, seed=0)
+    assert user_degree.tolist() == [0, 2, 1, 2] and item_degree.tolist() == [0, 2, 2, 1]
+    matrix = torch.zeros(4, 4)
+    matrix[[1, 1, 2, 3, 3], [1, 2, 2, 1, 3]] = 1.0
+    normalized = matrix / (user_degree.clamp(min=1)[:, None] * item_degree.clamp(min=1)[None, :]).float().sqrt()
+    assert torch.allclose(users @ items.T, normalized, atol=1e-5)
