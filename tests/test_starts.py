@@ -1,4 +1,4 @@
-"""The ID tables' starts: the SVD of the training matrix, and the text start (``text_start_dims``): the item tables start from the SVD plus the LM's reading of the item text."""
+"""The ID tables' starts: the SVD of the training matrix, and the text start (``text_start_dims``)."""
 import pytest
 import torch
 from conftest import load_benchmark, make_model
