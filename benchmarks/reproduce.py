@@ -39,10 +39,12 @@ from recbole_cllm4rec.quick_start import markdown_table, run_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sparse_anchor  # noqa: E402
+import stage_anchor  # noqa: E402
 import text_start  # noqa: E402
 
 text_start.install()  # inert unless a row sets text_start_source: words
 sparse_anchor.install()  # inert unless a row sets mutual_reg_sparsity
+stage_anchor.install()  # inert unless a row sets finetune_lambda_c
 
 BASELINES = ["Pop", "ItemKNN", "BPR", "MultiVAE", "MultiDAE", "RecVAE", "LightGCN", "EASE", "EASEText"]
 SWEEPS: dict[str, list[dict]] = {
@@ -117,6 +119,9 @@ VARIANTS: dict[str, dict] = {
     "CLLM4Rec-sparse-anchor": {"mutual_reg_sparsity": 0.5},
     # a looser anchor: amazon-beauty-paper's dataset preset since it won there; elsewhere an ablation
     "CLLM4Rec-lambda-300": {"lambda_c": 300.0},
+    # under trial: lambda_c per stage, the tie of pretraining tighter than the anchor of finetuning
+    # (benchmarks/stage_anchor.py)
+    "CLLM4Rec-stage-anchor": {"lambda_c": 1000.0, "finetune_lambda_c": 300.0},
 }  # fmt: skip
 METRICS = ["recall@20", "recall@40", "ndcg@100", "paperrecall@20", "paperrecall@40"]
 
