@@ -1,5 +1,6 @@
-"""Under trial: the item head reads the content item table beside the collaborative one, the layers'
-states against the content table. A hook in this process only (``install()``); the model file is untouched.
+"""Tried, not promoted (`docs/results.md`): the item head reads the content item table beside the
+collaborative one, the layers' states against the content table. A hook in this process only
+(``install()``); the model file is untouched.
 
     python benchmarks/content_head.py --dataset=amazon-beauty-paper --data_path=../shared/datasets \\
         lambda_c=1000 content_head=true

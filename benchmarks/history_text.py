@@ -1,5 +1,6 @@
-"""Under trial: the layers read the history items' text, and the head reads the layers through a
-trained linear map. Both are hooks in this process only (``install()``); the model file is untouched.
+"""Tried, not promoted (`docs/results.md`): the layers read the history items' text, and the head reads
+the layers through a trained linear map. Both are hooks in this process only (``install()``); the
+model file is untouched.
 
     python benchmarks/history_text.py --dataset=amazon-beauty-paper --data_path=../shared/datasets \\
         lambda_c=1000 history_text_weight=1 readout_projection=true

@@ -115,7 +115,7 @@ VARIANTS: dict[str, dict] = {
     # the issue rows for the SVD start (the defaults before the text start)
     "CLLM4Rec-svd-start-no-LM": {"text_start_dims": 0, "readout_state_weight": 0.0},
     "CLLM4Rec-svd-start-random-LM": {"text_start_dims": 0, "llm_pretrained": False},
-    # under trial: mutual regularization weighted up for sparse users and items (benchmarks/sparse_anchor.py)
+    # tried, not promoted: mutual regularization weighted up for sparse users and items (benchmarks/sparse_anchor.py)
     "CLLM4Rec-sparse-anchor": {"mutual_reg_sparsity": 0.5},
     # a looser anchor: amazon-beauty-paper's dataset preset since it won there; elsewhere an ablation
     "CLLM4Rec-lambda-300": {"lambda_c": 300.0},

@@ -1,5 +1,5 @@
-"""Under trial: mutual regularization weighted by how little data a user or item has. A hook in this
-process only (``install()``); the model file is untouched.
+"""Tried, not promoted (`docs/results.md`): mutual regularization weighted by how little data a user or
+item has. A hook in this process only (``install()``); the model file is untouched.
 
     python benchmarks/sparse_anchor.py --dataset=amazon-beauty-paper --data_path=../shared/datasets \\
         lambda_c=1000 mutual_reg_sparsity=0.5
