@@ -101,6 +101,9 @@ VARIANTS: dict[str, dict] = {
     "CLLM4Rec-no-text": {"item_text_template": None, "user_text_template": None},
     "CLLM4Rec-no-LM": {"readout_state_weight": 0.0},
     "CLLM4Rec-random-LM": {"llm_pretrained": False},
+    # the paper's path alone out: no content LM, no pretraining (the text start kept; finetuning's
+    # anchor then pulls toward the start)
+    "CLLM4Rec-no-content-LM": {"content_warmup_epochs": 0, "pretrain_epochs": 0},
     "CLLM4Rec-masked-target": {"visible_target_weight": 0.0},
     "CLLM4Rec-random-init": {"item_init": "random"},
     "CLLM4Rec-last-token": {"readout": "last", "readout_skip": 0.0},
