@@ -21,6 +21,11 @@ pooled over the prompt), scores it with an item head tied to the collaborative i
 Recommending is one forward pass per user: a full ranking over items, no decoding, no hallucinated
 items.
 
+Where the defaults depart from the paper (each measured in ``docs/results.md``): the ID tables start
+from an SVD of the training matrix, the item tables' last dimensions from the LM's own reading of each
+item's text (the text start, ``model.starts``); the head also reads the prompt's item embeddings
+around the frozen layers (the skip), and an item bias.
+
 The stage schedule (content warm-up, alternating pretraining, finetuning) is in
 ``recbole_cllm4rec.trainer.CLLM4RecTrainer``, which calls the three losses below directly with
 batches of users (or content documents) packed to a token budget: RecBole's interaction batches
