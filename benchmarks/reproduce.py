@@ -122,7 +122,7 @@ VARIANTS: dict[str, dict] = {
     "CLLM4Rec-sparse-anchor": {"mutual_reg_sparsity": 0.5},
     # a looser anchor: amazon-beauty-paper's dataset preset since it won there; elsewhere an ablation
     "CLLM4Rec-lambda-300": {"lambda_c": 300.0},
-    # under trial: lambda_c per stage, the tie of pretraining tighter than the anchor of finetuning
+    # tried, not promoted: lambda_c per stage, the tie of pretraining tighter than the anchor of finetuning
     # (benchmarks/stage_anchor.py)
     "CLLM4Rec-stage-anchor": {"lambda_c": 1000.0, "finetune_lambda_c": 300.0},
 }  # fmt: skip

@@ -1,5 +1,5 @@
-"""Under trial: ``lambda_c`` per stage. A hook in this process only (``install()``); the model file and
-the trainer are untouched.
+"""Tried, not promoted (`docs/results.md`): ``lambda_c`` per stage. A hook in this process only
+(``install()``); the model file and the trainer are untouched.
 
     python benchmarks/reproduce.py --dataset=amazon-beauty-paper --data_path=../shared/datasets \\
         --recipe=main --models=CLLM4Rec-stage-anchor
