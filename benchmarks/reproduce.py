@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> list[list]:
         command = "python benchmarks/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
         (out / f"{args.dataset}.md").write_text(f"## {title}\n\n`{command}`\n\n{table}\n")
         with open(out / f"{args.dataset}.csv", "w", newline="") as f:
-            csv.writer(f).writerows([header + ["hardware"]] + [row + [hardware_of.get(row[0], hardware())] for row in rows])
+            csv.writer(f, lineterminator="\n").writerows([header + ["hardware"]] + [row + [hardware_of.get(row[0], hardware())] for row in rows])
         plot(args.dataset, bests, out / f"{args.dataset}.png")
     return rows
 
