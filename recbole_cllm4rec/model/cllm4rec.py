@@ -125,7 +125,7 @@ class CLLM4Rec(GeneralRecommender):
         finetuning, scoring) its first ``llm_layers`` blocks, the content LM its first
         ``content_layers`` (``~``: all). The word head was trained on the last layer: read off layer
         4 of SmolLM2-135M it scores item text at 23.8 nats per token, worse than a uniform guess
-        (10.8); off all 30, 3.9 (``docs/results.md``).
+        (10.8); off all 30, 3.9 (``docs/research-log.md``).
         """
         self.llm = config["llm"]
         self.backbone, self.tokenizer = load_backbone(self.llm, config["llm_cache_dir"])
@@ -242,7 +242,7 @@ class CLLM4Rec(GeneralRecommender):
         A history's mean item embedding . an item (the skip) then adds the two items' text similarity
         as the LM reads it to their collaborative similarity, where the content LM and mutual
         regularization train on from. On amazon-beauty-paper it raised validation Recall@20 by 7.5 %
-        (most for sparse users and tail items; ``docs/results.md``). Without item text it does
+        (most for sparse users and tail items; ``docs/research-log.md``). Without item text it does
         nothing; at most half of a row's dimensions, one per item with text."""
         states = self.item_text_states(max_tokens)
         dims = min(dims, states.shape[1] // 2, int((states.abs().sum(1) > 0).sum()))
@@ -479,7 +479,7 @@ class CLLM4Rec(GeneralRecommender):
         Why the skip: the frozen layers normalize every input, so an ID embedding enters attention
         and the MLPs at the scale of a word and their response swamps it in the residual stream. Even
         one SmolLM2 layer turns an SVD-initialized table that ranks ml-100k at validation Recall@20
-        0.33 by itself into 0.03 (``docs/results.md``); finetuning must rebuild that structure
+        0.33 by itself into 0.03 (``docs/research-log.md``); finetuning must rebuild that structure
         through the layers. The skip carries the embeddings to the head as they are; the layers' states
         add what the LM makes of the prompt.
         """

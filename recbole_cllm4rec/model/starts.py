@@ -31,7 +31,7 @@ def text_components(states: torch.Tensor, dims: int, seed: int) -> torch.Tensor:
 
     Whitened, because unwhitened the few largest components, what every item text shares, swamp the
     rest: on amazon-beauty-paper the start's tables alone rank at validation Recall@20 0.1409
-    unwhitened against 0.1518 whitened (256 dimensions, share 0.3; ``docs/results.md``)."""
+    unwhitened against 0.1518 whitened (256 dimensions, share 0.3; ``docs/research-log.md``)."""
     has_text = states.abs().sum(1) > 0
     centred = states[has_text] - states[has_text].mean(0)
     with torch.random.fork_rng(devices=[]):  # randomized PCA: drawn from the seed, global state untouched
