@@ -8,7 +8,6 @@ lengths, so token-budget packing counts exactly what the builders make.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -17,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
+
+from recbole_cllm4rec.data_files import field_texts, review_texts
 
 logger = logging.getLogger(__name__)
 
@@ -158,118 +158,6 @@ def token_budget_batches(
     if shuffle:
         batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]
     return batches
-
-
-def atomic_file(dataset, suffix: str) -> Path:
-    """``<data_path>/<dataset>.<suffix>``, the folder RecBole itself read the dataset from."""
-    return Path(dataset.dataset_path) / f"{dataset.dataset_name}.{suffix}"
-
-
-def read_atomic_columns(path: Path, fields: list[str]) -> pd.DataFrame:
-    """Columns ``fields`` of an atomic file as raw strings, read directly (not through RecBole).
-
-    Long text never enters RecBole's token vocabularies this way, and any column of the file can be
-    used whether or not ``load_col`` loads it. Missing values are ``""``.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (needed for the text columns {fields})")
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-    names = {column.split(":")[0]: column for column in header}
-    missing = [field for field in fields if field not in names]
-    if missing:
-        raise ValueError(f"{path.name} has no column(s) {missing}; its columns are {list(names)}")
-    frame = pd.read_csv(
-        path,
-        sep="\t",
-        usecols=[names[f] for f in dict.fromkeys(fields)],
-        dtype=str,
-        keep_default_na=False,
-        quoting=csv.QUOTE_NONE,
-        encoding="utf-8",
-        engine="c",
-    )
-    return frame.rename(columns={names[f]: f for f in fields})
-
-
-def internal_ids(dataset, field: str, tokens: pd.Series) -> np.ndarray:
-    """RecBole's internal ids of raw ``tokens`` of ``field``; 0 for tokens the dataset does not know."""
-    return tokens.map(dataset.field2token_id[field]).fillna(0).to_numpy(dtype=np.int64)
-
-
-def field_values(dataset, source: str, fields: list[str], key: str) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-    """(internal ids, unescaped ``fields`` values) of each row of the ``.item``/``.user`` file.
-
-    Internal id 0: a row the dataset does not know. One row per id: a repeated id is refused with its
-    lines (which text is meant?). ``key`` names the config key that asked for the fields, for errors.
-    """
-    id_field = dataset.iid_field if source == "item" else dataset.uid_field
-    try:
-        frame = read_atomic_columns(atomic_file(dataset, source), [id_field] + fields)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ValueError(f"{key}: {exc}") from exc
-    repeated = frame[id_field][frame[id_field].duplicated(keep=False)]
-    if len(repeated):
-        first = repeated.iloc[0]
-        lines = (repeated.index[repeated == first] + 2).tolist()  # 1-based, after the header
-        raise ValueError(
-            f"{atomic_file(dataset, source).name}: {repeated.nunique()} {id_field} value(s) have more than one row, "
-            f"e.g. {first!r} on lines {', '.join(map(str, lines))}: keep one row per {source} (which text is meant?)"
-        )
-    values = [tuple(unescape(v) for v in row) for row in frame[fields].itertuples(index=False)]
-    return internal_ids(dataset, id_field, frame[id_field]), values
-
-
-def template_fields(template: str) -> list[str]:
-    """The ``{field}`` names of a text template, in order."""
-    return re.findall(r"\{(\w+)\}", template)
-
-
-def field_texts(dataset, source: str, template: str) -> list[str]:
-    """Fill ``template`` (``"{title} by {brand}"``) from the ``.item``/``.user`` file, one string per id.
-
-    ``texts[i]`` is internal id ``i``'s text; ``""`` for ids without a row or with every referenced
-    field empty (no document for them).
-    """
-    fields = template_fields(template)
-    ids, values = field_values(dataset, source, fields, f"{source}_text_template {template!r}")
-    texts = [""] * dataset.num(dataset.iid_field if source == "item" else dataset.uid_field)
-    for row, row_values in zip(ids.tolist(), values):
-        if row and any(row_values):
-            texts[row] = template.format(**dict(zip(fields, row_values))).strip()
-    return texts
-
-
-_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}
-
-
-def unescape(text: str) -> str:
-    r"""Undo the escaping of atomic files, where text holds ``\t``, ``\n``, ``\\`` for tab, newline, backslash."""
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), text) if "\\" in text else text
-
-
-def review_texts(dataset, field: str, training_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(users, items, texts) of the reviews behind training interactions only.
-
-    Reviews come from ``<dataset>.review`` (user, item, ``field`` columns) if it exists, else from
-    the ``field`` column of the ``.inter`` file (the training benchmark file, if any). Whatever the
-    file, a review is kept only if its (user, item) pair is in ``training_items`` (``[n_users, W]``,
-    0-padded): validation and test interactions never reach the content corpus.
-    """
-    path = atomic_file(dataset, "review")
-    if not path.is_file():
-        benchmark = dataset.config["benchmark_filename"]
-        path = atomic_file(dataset, f"{benchmark[0]}.inter" if benchmark else "inter")
-    frame = read_atomic_columns(path, [dataset.uid_field, dataset.iid_field, field])
-    users = internal_ids(dataset, dataset.uid_field, frame[dataset.uid_field])
-    items = internal_ids(dataset, dataset.iid_field, frame[dataset.iid_field])
-    n_items = dataset.num(dataset.iid_field)
-    train_rows, train_cols = training_items.nonzero(as_tuple=True)
-    train_keys = (train_rows * n_items + training_items[train_rows, train_cols]).cpu().numpy()
-    keep = np.isin(users * n_items + items, train_keys) & (frame[field].to_numpy() != "")
-    logger.info("content corpus: %d of %d reviews in %s are of training interactions", keep.sum(), len(keep), path.name)
-    texts = [unescape(t) for t in frame[field].to_numpy()[keep].tolist()]
-    return torch.from_numpy(users[keep]), torch.from_numpy(items[keep]), texts
 
 
 def build_content_documents(sources: dict[str, tuple[torch.Tensor, list[str]]], tokenizer, max_seq_len: int) -> ContentDocuments:

@@ -21,17 +21,16 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, under_torchrun
 from recbole_cllm4rec.trainer import latest_resume_point, load_checkpoint
-from recbole_cllm4rec.validation import (
+from recbole_cllm4rec.config_rules import (
     COMMON_RULES,
-    check_benchmark_rows,
     check_config_files,
     check_config_values,
-    check_dataset_files,
     check_hyper_file,
     check_renamed_keys,
     check_retired_options,
     unknown_key_warnings,
 )
+from recbole_cllm4rec.data_files import check_benchmark_rows, check_dataset_files
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     log.info(config)
     for warning in unknown_key_warnings(config, PROPERTIES_DIR):
         log.warning(warning)
-    check_dataset_files(config)
+    config["rm_dup_inter"] = check_dataset_files(config)
     data = create_dataset(config)
     check_benchmark_rows(data)
     fit_topk_to_catalog(config, data.item_num - 1)

@@ -173,7 +173,7 @@ def test_empty_interaction_files_are_refused(tiny_data):
 
 
 def test_escaped_tabs_and_newlines_reach_the_content_lm_as_tabs_and_newlines(tiny_data):
-    from recbole_cllm4rec.corpus import field_texts
+    from recbole_cllm4rec.data_files import field_texts
 
     edit_line(tiny_data / "tiny" / "tiny.item", 2, "i1\t" + r"The\tcomedy\nfilm\\1" + "\tcomedy")
     config, _, _, train, _, _ = load_data_and_model(run_model("CLLM4Rec", "tiny", config_dict=quick(tiny_data))["checkpoint"])

@@ -298,7 +298,7 @@ def test_llm_dtype_choice():
     assert autocast_dtype("auto", "cuda") is torch.bfloat16
     assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_native_bf16() else None)
     assert autocast_dtype("float32", "cuda") is None
-    from recbole_cllm4rec.validation import check_config_values
+    from recbole_cllm4rec.config_rules import check_config_values
 
     with pytest.raises(ValueError, match="llm_dtype='fp8' must be one of auto, float32, bfloat16, float16"):
         check_config_values({"llm_dtype": "fp8"}, {"llm_dtype": CLLM4Rec.CONFIG_RULES["llm_dtype"]})

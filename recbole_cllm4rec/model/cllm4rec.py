@@ -56,7 +56,7 @@ from recbole_cllm4rec.model.adapters import (
 )
 from recbole_cllm4rec.model.item_softmax import ItemLogSumExp
 from recbole_cllm4rec.model.starts import svd_factors, text_components, write_text_start
-from recbole_cllm4rec.validation import Rule, check_config_values
+from recbole_cllm4rec.config_rules import Rule, check_config_values
 
 Shard = tuple[int, int]  # (rank, world size) under data parallelism; (0, 1) in one process
 

@@ -27,8 +27,8 @@ import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_cllm4rec.corpus import field_values, template_fields
-from recbole_cllm4rec.validation import Rule, check_config_values
+from recbole_cllm4rec.config_rules import Rule, check_config_values
+from recbole_cllm4rec.data_files import field_values, template_fields
 
 logger = logging.getLogger(__name__)
 
