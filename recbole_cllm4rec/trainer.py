@@ -48,8 +48,8 @@ from recbole.trainer.trainer import AbstractTrainer
 from recbole.utils import set_color
 from tqdm import tqdm
 
+from recbole_cllm4rec.batches import token_budget_batches
 from recbole_cllm4rec.config_rules import Rule, check_config_values
-from recbole_cllm4rec.corpus import token_budget_batches
 
 
 def state_checksum(state_dict: dict) -> str:

@@ -165,7 +165,7 @@ def test_the_stored_history_does_not_depend_on_what_drew_from_the_global_rng_bef
     another order than in later runs."""
     import torch
 
-    from recbole_cllm4rec.corpus import stored_history
+    from recbole_cllm4rec.documents import stored_history
 
     path = tiny_data / "tiny" / "tiny.inter"
     rows = path.read_text().splitlines()

@@ -152,7 +152,7 @@ def test_users_missing_from_the_user_file_are_counted(tmp_path, monkeypatch, cap
     lines = user_file.read_text().splitlines()
     user_file.write_text("\n".join(lines[:-5]) + "\n")  # the last 5 users have no row
     monkeypatch.chdir(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="recbole_cllm4rec.corpus"):
+    with caplog.at_level(logging.WARNING, logger="recbole_cllm4rec.documents"):
         _, model, _ = make_model(tmp_path)
     assert model.n_users == 31  # no interaction is dropped
     assert "5 of 30 users have no text" in caplog.text

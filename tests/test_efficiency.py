@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_model
 
-from recbole_cllm4rec.corpus import token_budget_batches
+from recbole_cllm4rec.batches import token_budget_batches
 from recbole_cllm4rec.model.item_softmax import ItemLogSumExp
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_model, tiny_config_dict
 
-from recbole_cllm4rec.corpus import SoftHardPrompt
+from recbole_cllm4rec.ids import SoftHardPrompt
 
 
 def manual_embed(model, ids: list[int], side: str) -> torch.Tensor:

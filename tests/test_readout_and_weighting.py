@@ -4,7 +4,7 @@ import torch
 from conftest import make_model, tiny_config_dict
 
 import recbole_cllm4rec.model.cllm4rec as cllm4rec_module
-from recbole_cllm4rec.corpus import stored_history
+from recbole_cllm4rec.documents import stored_history
 
 
 def scoring_states(model, users):

@@ -1,7 +1,7 @@
 r"""CLLM4Rec: Collaborative Large Language Model for Recommender Systems (Zhu et al., WWW 2024).
 
 A frozen pretrained causal LM reads documents that mix words with user/item ID tokens
-(``recbole_cllm4rec.corpus``: the token layout and every document). Only the ID token embeddings
+(``recbole_cllm4rec.ids``: the token layout; ``recbole_cllm4rec.documents``: every document). Only the ID token embeddings
 train, in two sets:
 
 - collaborative (user, item): trained by the collaborative LM, whose main text is a user's items
@@ -44,7 +44,10 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_cllm4rec.backbone import default_cache_dir, load_backbone, reinitialize
-from recbole_cllm4rec.corpus import Documents, IdLayout, content_documents, stored_history, token_budget_batches
+from recbole_cllm4rec.batches import token_budget_batches
+from recbole_cllm4rec.config_rules import Rule, check_config_values
+from recbole_cllm4rec.documents import Documents, content_documents, stored_history
+from recbole_cllm4rec.ids import IdLayout
 from recbole_cllm4rec.model.adapters import (
     add_lora,
     autocast_dtype,
@@ -56,7 +59,6 @@ from recbole_cllm4rec.model.adapters import (
 )
 from recbole_cllm4rec.model.item_softmax import ItemLogSumExp
 from recbole_cllm4rec.model.starts import svd_factors, text_components, write_text_start
-from recbole_cllm4rec.config_rules import Rule, check_config_values
 
 Shard = tuple[int, int]  # (rank, world size) under data parallelism; (0, 1) in one process
 
@@ -80,7 +82,7 @@ class CLLM4Rec(GeneralRecommender):
         "init_std": Rule(float, low=0, optional=True),
         "lambda_c": Rule(float, low=0),
         "mutual_reg_reduction": Rule(str, choices=("sum", "mean")),
-        # build_documents (and corpus.Documents)
+        # build_documents (and documents.Documents)
         "max_seq_len": Rule(int, low=8),
         "scoring_max_seq_len": Rule(int, low=8, optional=True),
         "item_reorder": Rule(bool),
@@ -176,7 +178,7 @@ class CLLM4Rec(GeneralRecommender):
         self.mutual_reg_mean = config["mutual_reg_reduction"] == "mean"
 
     def build_documents(self, config, dataset) -> None:
-        """Training histories and text, as the documents every stage reads (``corpus.Documents``)."""
+        """Training histories and text, as the documents every stage reads (``documents.Documents``)."""
         history = stored_history(dataset, config["seed"])
         cache_dir = Path(config["llm_cache_dir"] or default_cache_dir()) / "corpus"
         content = content_documents(config, dataset, self.tokenizer, self.layout, history, cache_dir)

@@ -1,114 +1,25 @@
 """CLLM4Rec's documents as token-id tensors, built once per dataset and backbone.
 
-A document is a soft+hard prompt (words plus user/item ID tokens) followed by a homogeneous main
-text: item tokens (collaborative LM) or words (content LM). ID tokens extend the LM vocabulary
-(``IdLayout``, the one owner of that arithmetic). Words are tokenized here and only here; past this
-module everything is a tensor. ``Documents`` builds every document a stage reads and owns their
-lengths, so token-budget packing counts exactly what the builders make.
+A document is a soft+hard prompt (words plus user/item ID tokens, ``ids``) followed by a homogeneous
+main text: item tokens (collaborative LM) or words (content LM). Words are tokenized here and only
+here; past this module everything is a tensor. ``Documents`` builds every document a pass reads and
+owns their lengths, so token-budget packing counts exactly what the builders make.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from recbole_cllm4rec.data_files import field_texts, review_texts
+from recbole_cllm4rec.ids import IdLayout, SoftHardPrompt
 
 logger = logging.getLogger(__name__)
-
-_SLOT = re.compile(r"(\{user\}|\{item\}|\{items\})")
-
-
-@dataclass(frozen=True)
-class IdLayout:
-    """The extended vocabulary: words ``0 .. V-1``, user ``u`` at ``V + u``, item ``i`` at ``V + U + i``
-    (``V`` word rows, ``U`` users, RecBole's internal ids; id 0 is padding on both sides)."""
-
-    vocab_size: int
-    n_users: int
-    n_items: int
-
-    def user_tokens(self, users: torch.Tensor) -> torch.Tensor:
-        return self.vocab_size + users
-
-    def item_tokens(self, items: torch.Tensor) -> torch.Tensor:
-        return self.vocab_size + self.n_users + items
-
-    def is_id(self, ids: torch.Tensor) -> torch.Tensor:
-        return ids >= self.vocab_size
-
-    def is_user(self, ids: torch.Tensor) -> torch.Tensor:
-        return (ids >= self.vocab_size) & (ids < self.vocab_size + self.n_users)
-
-    def is_item(self, ids: torch.Tensor) -> torch.Tensor:
-        return ids >= self.vocab_size + self.n_users
-
-    def id_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows of ID tokens ``ids`` in the stacked ``[users; items]`` table."""
-        return ids - self.vocab_size
-
-    def as_words(self, ids: torch.Tensor, user_word: int, item_word: int) -> torch.Tensor:
-        """``ids`` with every user token replaced by the word ``user_word`` and every item token by
-        ``item_word``: the same document as the plain LM reads it, position for position."""
-        return torch.where(self.is_user(ids), user_word, torch.where(self.is_item(ids), item_word, ids))
-
-    def split(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(word, user, item) indices of every position, each clamped into its own table's range."""
-        v, u = self.vocab_size, self.n_users
-        return ids.clamp(max=v - 1), (ids - v).clamp(0, u - 1), (ids - v - u).clamp(0, self.n_items - 1)
-
-
-class SoftHardPrompt:
-    """A prompt template such as ``"{user} has interacted with"``, tokenized once.
-
-    Word pieces are tokenized without special tokens; a piece that precedes an ID token loses its
-    trailing whitespace (byte-level BPE tokenizers turn a space before an added token into a token
-    of its own). ``ids(users=..., items=...)`` fills the ID slots for a whole batch at once.
-    """
-
-    def __init__(self, template: str, tokenizer, layout: IdLayout) -> None:
-        if "{items}" in template:
-            raise ValueError(f"{template!r}: split templates at {{items}} before building a prompt")
-        self.template = template
-        self.layout = layout
-        pieces = [p for p in _SLOT.split(template) if p]
-        ids: list[int] = []
-        user_slots: list[int] = []
-        item_slots: list[int] = []
-        for k, piece in enumerate(pieces):
-            if piece == "{user}":
-                user_slots.append(len(ids))
-                ids.append(0)
-            elif piece == "{item}":
-                item_slots.append(len(ids))
-                ids.append(0)
-            else:
-                before_id_token = k + 1 < len(pieces) and _SLOT.fullmatch(pieces[k + 1])
-                text = piece.rstrip() if before_id_token else piece
-                ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        self.static_ids = torch.tensor(ids, dtype=torch.long)
-        self.user_slots = torch.tensor(user_slots, dtype=torch.long)
-        self.item_slots = torch.tensor(item_slots, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.static_ids)
-
-    def ids(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, len(self)]`` token ids for a batch of users and/or items."""
-        batch = len(users) if users is not None else len(items)
-        out = self.static_ids.to((users if users is not None else items).device).repeat(batch, 1)
-        if len(self.user_slots):
-            out[:, self.user_slots.to(out.device)] = self.layout.user_tokens(users[:, None])
-        if len(self.item_slots):
-            out[:, self.item_slots.to(out.device)] = self.layout.item_tokens(items[:, None])
-        return out
 
 
 @dataclass
@@ -124,40 +35,6 @@ class ContentDocuments:
 
     def __len__(self) -> int:
         return len(self.length)
-
-
-def token_budget_batches(
-    lengths: torch.Tensor, max_tokens: int, shuffle: bool = True, window: int = 4096, max_padding: float = 0.1
-) -> list[torch.Tensor]:
-    """Indices of documents grouped into batches of at most ``max_tokens`` padded tokens.
-
-    Documents are sorted by length (within random windows of ``window`` documents when
-    ``shuffle``) and packed greedily; a batch also closes before padding would exceed
-    ``max_padding`` of its tokens, so short documents of spread-out lengths do not waste compute.
-    Batch order is then shuffled. Every index appears exactly once; a document longer than
-    ``max_tokens`` gets a batch of its own. Randomness comes from torch's global RNG (seeded by
-    RecBole); without ``shuffle`` the batches are deterministic, longest first.
-    """
-    order = torch.randperm(len(lengths)) if shuffle else torch.arange(len(lengths))
-    window = window if shuffle else max(len(order), 1)  # deterministic: one global sort
-    batches: list[torch.Tensor] = []
-    for start in range(0, len(order), window):
-        chunk = order[start : start + window]
-        chunk = chunk[lengths[chunk].argsort(descending=True, stable=True)]
-        sizes = lengths[chunk].clamp(min=1).numpy()
-        filled = np.concatenate([[0], np.cumsum(sizes)])
-        begin = 0
-        while begin < len(chunk):
-            # sorted descending: the first document sets the batch's padded length
-            width = int(sizes[begin])
-            count = np.arange(1, min(max(1, max_tokens // width), len(chunk) - begin) + 1)
-            padding = 1.0 - (filled[begin + count] - filled[begin]) / (count * width)
-            count = int(count[padding <= max_padding].max())  # padding only grows with count
-            batches.append(chunk[begin : begin + count])
-            begin += count
-    if shuffle:
-        batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]
-    return batches
 
 
 def build_content_documents(sources: dict[str, tuple[torch.Tensor, list[str]]], tokenizer, max_seq_len: int) -> ContentDocuments:
