@@ -77,8 +77,8 @@ def measure(trainer: CLLM4RecTrainer, stage: str, n_batches: int, eval_users: in
         batches = [users[:8]] + [users[b] for b in torch.randperm(len(users)).split(eval_users)]
     else:
         model.train()
-        batches, step = trainer.stage_batches(stage)
-        units, lengths, _ = trainer.stage_documents(stage)
+        batches, step = trainer.pass_batches(stage)
+        units, lengths, _ = trainer.pass_documents(stage)
         position = torch.empty(int(units.max()) + 1, dtype=torch.long)
         position[units] = torch.arange(len(units))
         batches = batches[: n_batches + 1]

@@ -1,4 +1,4 @@
-"""Documents packed into training and scoring batches by padded tokens."""
+"""Documents packed into training and scoring batches: by padded tokens, and how many a training batch holds."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,3 +37,13 @@ def token_budget_batches(
     if shuffle:
         batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]
     return batches
+
+
+def documents_per_batch(lengths: torch.Tensor, max_tokens: int, per_step: int | None) -> float:
+    """The (expected) number of documents of ``lengths`` tokens in a training batch: ``per_step``
+    (``train_batch_documents``) when set, else ``max_tokens`` (``train_batch_tokens``) over their mean
+    length, at least 1. A loss divided by it weighs every document the same in whichever batch it lands."""
+    if per_step:
+        return float(per_step)
+    mean_length = lengths.float().mean().item() if len(lengths) else 1.0
+    return max(1.0, max_tokens / mean_length)

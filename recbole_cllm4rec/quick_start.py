@@ -19,8 +19,7 @@ import yaml
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, under_torchrun
-from recbole_cllm4rec.trainer import latest_resume_point, load_checkpoint
+from recbole_cllm4rec.checkpoint import load_checkpoint
 from recbole_cllm4rec.config_rules import (
     COMMON_RULES,
     check_config_files,
@@ -31,6 +30,8 @@ from recbole_cllm4rec.config_rules import (
     unknown_key_warnings,
 )
 from recbole_cllm4rec.data_files import check_benchmark_rows, check_dataset_files
+from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, under_torchrun
+from recbole_cllm4rec.runfiles import latest_resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +149,8 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_obj = build_model(config, train_data.dataset, from_checkpoint=bool(config["resume"]))
     log.info(model_obj)
-    trainer = trainer_class(config, model_obj)
-    trainer.split_fingerprint = fingerprint
+    takes_split = "split_fingerprint" in inspect.signature(trainer_class).parameters  # CLLM4Rec's: RecBole's take none
+    trainer = trainer_class(config, model_obj, **({"split_fingerprint": fingerprint} if takes_split else {}))
     try:
         if config["resume"]:
             resume = config["resume"]

@@ -18,7 +18,7 @@ from conftest import make_model, tiny_config_dict, write_tiny_dataset
 from recbole_cllm4rec import backbone, recommend
 from recbole_cllm4rec.datasets import amazon
 from recbole_cllm4rec.quick_start import load_data_and_model, run_model
-from recbole_cllm4rec.trainer import load_checkpoint
+from recbole_cllm4rec.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_SMOLLM2 = importlib.util.find_spec(backbone.SMOLLM2_PACKAGE) is not None
@@ -253,7 +253,7 @@ def test_a_gpt2_folder_trains_with_llm_layers(tiny_data):
     # the collaborative side reads a 1-block view of GPT-2's `h`, the content LM all 3 blocks
     assert len(model.backbone.transformer.h) == 3 and model.depths == {"collaborative": 1, "content": 3}
     assert len(model.bodies["collaborative"].__self__.h) == 1
-    loss, _ = model.recommendation_loss(torch.arange(1, 5))
+    loss, _ = model.recommendation_loss(torch.arange(1, 5), users_per_batch=4.0)
     assert torch.isfinite(loss) and loss > 0
     assert torch.isfinite(model.content_lm_loss(torch.arange(3))[0])
     _, short, _ = make_model(tiny_data, llm=str(tiny_data / "gpt2-tiny"), llm_layers=1, content_layers=1)

@@ -185,7 +185,7 @@ def test_an_empty_reservation_nobody_holds_is_removed_and_a_held_one_kept(tiny_d
     import subprocess
     import sys
 
-    from recbole_cllm4rec.trainer import RunLock
+    from recbole_cllm4rec.runfiles import RunLock
 
     saved = tiny_data / "saved"
     saved.mkdir()

@@ -9,7 +9,8 @@ from conftest import make_model, tiny_config_dict, write_tiny_dataset
 from recbole_cllm4rec import recommend
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
 from recbole_cllm4rec.quick_start import load_data_and_model, run_model
-from recbole_cllm4rec.trainer import CLLM4RecTrainer, load_checkpoint
+from recbole_cllm4rec.checkpoint import load_checkpoint
+from recbole_cllm4rec.trainer import CLLM4RecTrainer
 
 
 class Crash(Exception):

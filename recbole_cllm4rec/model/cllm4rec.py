@@ -97,8 +97,6 @@ class CLLM4Rec(GeneralRecommender):
         "readout_state_weight": Rule(float, low=0),
         "item_bias": Rule(bool),
         "visible_target_weight": Rule(float, low=0, high=1),
-        "train_batch_tokens": Rule(int, low=1),
-        "train_batch_documents": Rule(int, low=1, optional=True),
         "eval_batch_tokens": Rule(int, low=1),
         "item_chunk_size": Rule(int, low=1),
     }
@@ -297,13 +295,6 @@ class CLLM4Rec(GeneralRecommender):
             log_pop = (torch.bincount(history[history > 0], minlength=self.n_items).float() + 1).log()
             with torch.no_grad():
                 self.item_bias.weight[:, 0] = log_pop - log_pop[1:].mean()
-        # Every user weighs the same in the finetuning loss, whichever batch the packer puts them in:
-        # the loss is divided by a constant, the (expected) number of users per batch.
-        train_users = torch.nonzero(self.documents.history_len > 0).squeeze(1)
-        lengths = self.documents.lengths("recommendation", train_users).float()
-        mean_length = lengths.mean().item() if len(train_users) else 1.0
-        per_step = config["train_batch_documents"]
-        self.users_per_batch = float(per_step) if per_step else max(1.0, config["train_batch_tokens"] / mean_length)
 
     # ------------------------------------------------------------------ parameters and checkpoints
     def id_tables(self) -> list[nn.Embedding]:
@@ -525,11 +516,13 @@ class CLLM4Rec(GeneralRecommender):
         features = torch.cat([head_input, head_input.new_ones(len(head_input), 1)], dim=1)
         return features, torch.cat([weight, self.item_bias.weight], dim=1)
 
-    def recommendation_loss(self, users: torch.Tensor, shard: Shard = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+    def recommendation_loss(
+        self, users: torch.Tensor, users_per_batch: float, shard: Shard = (0, 1)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted multinomial loss of the masked-history prompt over all items, and the regularization.
 
-        Divided by ``users_per_batch``, a constant: every user weighs the same wherever the packer
-        puts them. A target weighs 1 if the prompt hides it, ``visible_target_weight`` if it shows it.
+        Divided by ``users_per_batch``, a constant of the trainer's batching: every user weighs the
+        same wherever the packer puts them. A target weighs 1 if the prompt hides it, ``visible_target_weight`` if it shows it.
         The regularization covers the prompt's ID tokens and the hidden target items.
         """
         batch_ids, length, target, masked = self.documents.recommendation(users, mask=True)
@@ -543,14 +536,15 @@ class CLLM4Rec(GeneralRecommender):
         log_partition = ItemLogSumExp.apply(features, head, self.item_chunk_size)
         nll = weight.sum(dim=1) * log_partition - (weight * target_logits).sum(1)
         reg_ids = torch.cat([ids.flatten(), self.layout.item_tokens(target[masked])])
-        return nll.sum() / self.users_per_batch, self.mutual_regularization(reg_ids, "collaborative", batch_reg_ids)
+        return nll.sum() / users_per_batch, self.mutual_regularization(reg_ids, "collaborative", batch_reg_ids)
 
     # ------------------------------------------------------------------ RecBole API
     def calculate_loss(self, interaction):
         """RecBole's interface, for callers holding an interaction batch: the finetuning loss of its
-        users (the trainer packs users by tokens and calls ``recommendation_loss`` itself)."""
+        users, their mean (the trainer packs users by tokens and calls ``recommendation_loss`` itself)."""
         users = interaction[self.USER_ID].unique()
-        loss, reg = self.recommendation_loss(users[self.documents.history_len[users] > 0])
+        users = users[self.documents.history_len[users] > 0]
+        loss, reg = self.recommendation_loss(users, max(1.0, float(len(users))))
         return loss + reg
 
     def item_logits(self, head_input: torch.Tensor) -> torch.Tensor:
