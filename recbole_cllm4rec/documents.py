@@ -161,7 +161,7 @@ def stored_history(dataset, seed: int) -> torch.Tensor:
 class Documents(nn.Module):
     """Every document CLLM4Rec reads, built from the training histories, and their lengths.
 
-    Stages: ``collaborative`` (``{user} has interacted with item_a item_b ...``), ``recommendation``
+    Passes: ``collaborative`` (``{user} has interacted with item_a item_b ...``), ``recommendation``
     (finetuning: ``{user} has interacted with <visible>, {user} will interact with`` with a share of
     the history hidden), ``scoring`` (the same prompt over the whole stored history) and ``content``
     (the tokenized text documents). ``item_counts`` is the one masking and truncation rule: the
@@ -182,36 +182,36 @@ class Documents(nn.Module):
             raise ValueError("recommendation_prompt must contain {items}")
         self.recommendation_prefix = SoftHardPrompt(before.rstrip(), tokenizer, layout)
         self.recommendation_suffix = SoftHardPrompt(after, tokenizer, layout)
-        for stage, key, cap in (("collaborative", "max_seq_len", self.max_seq_len), ("recommendation", "max_seq_len", self.max_seq_len),
+        for pass_name, key, cap in (("collaborative", "max_seq_len", self.max_seq_len), ("recommendation", "max_seq_len", self.max_seq_len),
                                 ("scoring", "scoring_max_seq_len", self.scoring_max_seq_len)):  # fmt: skip
-            if self.prompt_length(stage) >= cap:
-                prompt = "collaborative_prompt" if stage == "collaborative" else "recommendation_prompt"
+            if self.prompt_length(pass_name) >= cap:
+                prompt = "collaborative_prompt" if pass_name == "collaborative" else "recommendation_prompt"
                 raise ValueError(f"{key}={cap} leaves no room for items in {prompt}")
         self.register_buffer("history_items", history, persistent=False)
         self.register_buffer("history_len", (history > 0).sum(dim=1), persistent=False)
 
-    def prompt_length(self, stage: str) -> int:
-        """Word and ID tokens around the items of a stage's documents."""
-        if stage == "collaborative":
+    def prompt_length(self, pass_name: str) -> int:
+        """Word and ID tokens around the items of a pass's documents."""
+        if pass_name == "collaborative":
             return len(self.collaborative_prompt)
         return len(self.recommendation_prefix) + len(self.recommendation_suffix)
 
-    def item_counts(self, stage: str, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def item_counts(self, pass_name: str, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked, shown) items of documents over histories of ``n`` items: finetuning masks
-        ``max(1, floor(mask_ratio * n))``; every stage shows at most what its length cap leaves."""
-        if stage not in ("collaborative", "recommendation", "scoring"):
-            raise ValueError(f"unknown stage {stage!r}")
+        ``max(1, floor(mask_ratio * n))``; every pass shows at most what its length cap leaves."""
+        if pass_name not in ("collaborative", "recommendation", "scoring"):
+            raise ValueError(f"unknown pass {pass_name!r}")
         masked = torch.zeros_like(n)
-        if stage == "recommendation":
+        if pass_name == "recommendation":
             masked = (n.float() * self.mask_ratio).floor().long().clamp(min=1).minimum(n)
-        cap = self.scoring_max_seq_len if stage == "scoring" else self.max_seq_len
-        return masked, (n - masked).clamp(max=cap - self.prompt_length(stage))
+        cap = self.scoring_max_seq_len if pass_name == "scoring" else self.max_seq_len
+        return masked, (n - masked).clamp(max=cap - self.prompt_length(pass_name))
 
-    def lengths(self, stage: str, units: torch.Tensor) -> torch.Tensor:
-        """Tokens the backbone reads for each document of a stage (``units``: content docs or users)."""
-        if stage == "content":
+    def lengths(self, pass_name: str, units: torch.Tensor) -> torch.Tensor:
+        """Tokens the backbone reads for each document of a pass (``units``: content docs or users)."""
+        if pass_name == "content":
             return self.content.length[units.cpu()]
-        return self.prompt_length(stage) + self.item_counts(stage, self.history_len[units])[1]
+        return self.prompt_length(pass_name) + self.item_counts(pass_name, self.history_len[units])[1]
 
     def history(self, users: torch.Tensor, shuffle: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded training items of ``users`` (optionally in a random order per user) and their counts."""
@@ -236,7 +236,7 @@ class Documents(nn.Module):
     def recommendation(self, users: torch.Tensor, mask: bool):
         """``{user} has interacted with <visible>, {user} will interact with`` and the finetuning targets.
 
-        With ``mask`` (stage ``recommendation``) the history is shuffled and its first
+        With ``mask`` (the ``recommendation`` pass) the history is shuffled and its first
         ``item_counts`` masked items are not shown; otherwise (``scoring``) every item is shown in
         stored order (most recent first). Items beyond the length cap are not shown either. Returns
         ids, lengths and, with ``mask``, the targets ``[B, W]`` (every training item, 0 = none) and

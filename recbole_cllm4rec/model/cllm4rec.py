@@ -176,7 +176,7 @@ class CLLM4Rec(GeneralRecommender):
         self.mutual_reg_mean = config["mutual_reg_reduction"] == "mean"
 
     def build_documents(self, config, dataset) -> None:
-        """Training histories and text, as the documents every stage reads (``documents.Documents``)."""
+        """Training histories and text, as the documents every pass reads (``documents.Documents``)."""
         history = stored_history(dataset, config["seed"])
         cache_dir = Path(config["llm_cache_dir"] or default_cache_dir()) / "corpus"
         content = content_documents(config, dataset, self.tokenizer, self.layout, history, cache_dir)
