@@ -10,6 +10,18 @@ import torch
 import torch.distributed as dist
 from recbole.trainer.trainer import AbstractTrainer
 
+Shard = tuple[int, int]  # (rank, world size) under data parallelism; (0, 1) in one process
+
+
+def own_rows(shard: Shard, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """This rank's rows (``rank::world``) of per-document tensors; all of them in one process.
+
+    Every rank builds the documents of the whole batch (so random reordering and masking match one
+    process) and runs its own rows; losses are divided by the whole batch's target count, so
+    gradients summed over ranks are exactly the one-process gradients."""
+    rank, world = shard
+    return tensors if world == 1 else tuple(t[rank::world] for t in tensors)
+
 
 class GatheredEvaluator:
     """RecBole's evaluator over every rank's users: exactly the metrics of one process.
