@@ -29,8 +29,8 @@ from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_cllm4rec.batches import token_budget_batches  # noqa: E402
+from recbole_cllm4rec.comparison import markdown_table  # noqa: E402
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec  # noqa: E402
-from recbole_cllm4rec.quick_start import markdown_table  # noqa: E402
 from recbole_cllm4rec.registry import Config  # noqa: E402
 from recbole_cllm4rec.trainer import CLLM4RecTrainer  # noqa: E402
 
