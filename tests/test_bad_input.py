@@ -17,8 +17,8 @@ from conftest import make_model, tiny_config_dict, write_tiny_dataset
 
 from recbole_cllm4rec import backbone, recommend
 from recbole_cllm4rec.datasets import amazon
-from recbole_cllm4rec.quick_start import load_data_and_model, run_model
 from recbole_cllm4rec.checkpoint import load_checkpoint
+from recbole_cllm4rec.quick_start import load_data_and_model, run_model
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_SMOLLM2 = importlib.util.find_spec(backbone.SMOLLM2_PACKAGE) is not None
@@ -307,16 +307,16 @@ def test_converter_truncated_gzip_and_malformed_line_numbers(tmp_path, capsys):
 
 # ---------------------------------------------------------------- 8. seed
 def test_what_loading_the_backbone_draws_does_not_move_the_run(tiny_data, monkeypatch):
-    import recbole_cllm4rec.model.cllm4rec as cllm4rec
+    import recbole_cllm4rec.model.frozen_lm as frozen_lm
 
     first = run_model("CLLM4Rec", "tiny", config_dict=quick(tiny_data))
-    real = cllm4rec.load_backbone
+    real = frozen_lm.load_backbone
 
     def converting(*args, **kwargs):  # a first load draws random numbers (as a conversion does)
         torch.rand(1000)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cllm4rec, "load_backbone", converting)
+    monkeypatch.setattr(frozen_lm, "load_backbone", converting)
     second = run_model("CLLM4Rec", "tiny", config_dict=quick(tiny_data))
     assert second["losses"] == first["losses"] and second["test_result"] == first["test_result"]
 

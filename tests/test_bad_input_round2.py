@@ -84,21 +84,21 @@ def test_a_full_disk_says_so_and_keeps_the_last_good_checkpoint(tmp_path, monkey
 
     import torch
 
-    from recbole_cllm4rec import trainer
+    from recbole_cllm4rec import checkpoint
 
     path = tmp_path / "run-last.pth"
-    trainer.atomic_save({"state_dict": {"w": torch.ones(2)}}, str(path))
+    checkpoint.atomic_save({"state_dict": {"w": torch.ones(2)}}, str(path))
     good = path.read_bytes()
 
     def full_disk_save(state, file, **kwargs):
         Path(file).write_bytes(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/0: file write failed")
 
-    monkeypatch.setattr(trainer.torch, "save", full_disk_save)
-    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk_save)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
     with pytest.raises(OSError, match=rf"^could not write {re.escape(str(path))} \(no space left on its disk, 0 MiB free\): "
                                       r"the previous run-last.pth is kept as it was; free space and resume with --resume=True$"):  # fmt: skip
-        trainer.atomic_save({"state_dict": {"w": torch.zeros(2)}}, str(path))
+        checkpoint.atomic_save({"state_dict": {"w": torch.zeros(2)}}, str(path))
     assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["run-last.pth"]
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from conftest import make_model, tiny_config_dict
 
-import recbole_cllm4rec.model.cllm4rec as cllm4rec_module
+import recbole_cllm4rec.model.frozen_lm as frozen_lm_module
 from recbole_cllm4rec.documents import stored_history
 
 
@@ -131,13 +131,13 @@ def test_stored_history_keeps_a_repeated_item_once_at_its_latest_time():
 
 def test_id_tables_start_from_the_seed_whatever_loading_consumed(tiny_data, monkeypatch):
     _, first, _ = make_model(tiny_data)
-    load = cllm4rec_module.load_backbone
+    load = frozen_lm_module.load_backbone
 
     def load_and_consume(*args, **kwargs):
         torch.rand(1000)  # as converting a backbone on first use does
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(cllm4rec_module, "load_backbone", load_and_consume)
+    monkeypatch.setattr(frozen_lm_module, "load_backbone", load_and_consume)
     _, second, _ = make_model(tiny_data)
     for a, b in zip(first.id_tables(), second.id_tables()):
         assert torch.equal(a.weight, b.weight)
