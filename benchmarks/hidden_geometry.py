@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import recbole_cllm4rec  # noqa: E402,F401
-from recbole_cllm4rec.quick_start import markdown_table  # noqa: E402
+from recbole_cllm4rec.comparison import markdown_table  # noqa: E402
 from recbole_cllm4rec.registry import Config  # noqa: E402
 
 

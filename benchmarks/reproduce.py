@@ -35,7 +35,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import recbole_cllm4rec  # noqa: E402,F401
-from recbole_cllm4rec.quick_start import markdown_table, run_model  # noqa: E402
+from recbole_cllm4rec.comparison import markdown_table  # noqa: E402
+from recbole_cllm4rec.quick_start import run_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sparse_anchor  # noqa: E402

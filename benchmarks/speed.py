@@ -28,9 +28,9 @@ import recbole_cllm4rec  # noqa: E402,F401
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
-from recbole_cllm4rec.corpus import token_budget_batches  # noqa: E402
+from recbole_cllm4rec.batches import token_budget_batches  # noqa: E402
+from recbole_cllm4rec.comparison import markdown_table  # noqa: E402
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec  # noqa: E402
-from recbole_cllm4rec.quick_start import markdown_table  # noqa: E402
 from recbole_cllm4rec.registry import Config  # noqa: E402
 from recbole_cllm4rec.trainer import CLLM4RecTrainer  # noqa: E402
 
@@ -77,8 +77,8 @@ def measure(trainer: CLLM4RecTrainer, stage: str, n_batches: int, eval_users: in
         batches = [users[:8]] + [users[b] for b in torch.randperm(len(users)).split(eval_users)]
     else:
         model.train()
-        batches, step = trainer.stage_batches(stage)
-        units, lengths, _ = trainer.stage_documents(stage)
+        batches, step = trainer.pass_batches(stage)
+        units, lengths, _ = trainer.pass_documents(stage)
         position = torch.empty(int(units.max()) + 1, dtype=torch.long)
         position[units] = torch.arange(len(units))
         batches = batches[: n_batches + 1]

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     print("| stage | documents | steps per epoch |\n|---|---|---|")
     for stage in ("collaborative", "content", "recommendation"):
         torch.manual_seed(0)
-        batches, _ = trainer.stage_batches(stage)
+        batches, _ = trainer.pass_batches(stage)
         steps[stage] = len(batches)
         print(f"| {stage} | {sum(len(b) for b in batches)} | {len(batches)} |")
     return steps

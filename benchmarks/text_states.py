@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> str:
     from recbole.utils import init_seed
 
     from recbole_cllm4rec.backbone import load_backbone
-    from recbole_cllm4rec.corpus import field_texts
+    from recbole_cllm4rec.data_files import field_texts
     from recbole_cllm4rec.model.easetext import text_features
     from recbole_cllm4rec.registry import Config
 

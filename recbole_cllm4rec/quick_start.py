@@ -6,7 +6,6 @@ a fingerprint of the split is recorded per model and checked to be equal.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import inspect
 import logging
@@ -19,19 +18,20 @@ import yaml
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, under_torchrun
-from recbole_cllm4rec.trainer import latest_resume_point, load_checkpoint
-from recbole_cllm4rec.validation import (
+from recbole_cllm4rec.checkpoint import load_checkpoint
+from recbole_cllm4rec.comparison import save_comparison
+from recbole_cllm4rec.config_rules import (
     COMMON_RULES,
-    check_benchmark_rows,
     check_config_files,
     check_config_values,
-    check_dataset_files,
     check_hyper_file,
     check_renamed_keys,
     check_retired_options,
     unknown_key_warnings,
 )
+from recbole_cllm4rec.data_files import check_benchmark_rows, check_dataset_files
+from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, under_torchrun
+from recbole_cllm4rec.runfiles import latest_resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,33 @@ def cold_start_lines(train, valid, test) -> list[str]:
 
 def run_model(model: str, dataset: str, config_file_list=None, config_dict=None, saved: bool = True) -> dict:
     """Train and test one model; returns metrics, timings and the split fingerprint."""
+    config, trainer_class = run_config(model, dataset, config_file_list, config_dict)
+    train_data, valid_data, test_data, fingerprint = run_data(config)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_obj = build_model(config, train_data.dataset, from_checkpoint=bool(config["resume"]))
+    logging.getLogger().info(model_obj)
+    takes_split = "split_fingerprint" in inspect.signature(trainer_class).parameters  # CLLM4Rec's: RecBole's take none
+    trainer = trainer_class(config, model_obj, **({"split_fingerprint": fingerprint} if takes_split else {}))
+    result = train_and_test(trainer, config, (train_data, valid_data, test_data), fingerprint, saved)
+    if not config["single_spec"]:
+        torch.distributed.destroy_process_group()
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": result["best_valid_score"],
+        "valid_score_bigger": config["valid_metric_bigger"],
+        **{key: result[key] for key in ("best_valid_result", "test_result", "train_time", "eval_time")},
+        "split": fingerprint,
+        "checkpoint": trainer.saved_model_file if saved else None,
+        "losses": list(getattr(trainer, "loss_history", [])),
+        "stage_seconds": dict(getattr(trainer, "stage_seconds", {})),
+        "valid_history": list(getattr(trainer, "valid_history", [])),
+    }
+
+
+def run_config(model: str, dataset: str, config_file_list=None, config_dict=None):
+    """The run's config, checked before any work (one line for the first refusal), its logger
+    started; and the model's trainer class."""
     check_config_files(config_file_list)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     # absolute: checkpoints record it, and they are loaded from other folders
@@ -136,7 +163,13 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     log.info(config)
     for warning in unknown_key_warnings(config, PROPERTIES_DIR):
         log.warning(warning)
-    check_dataset_files(config)
+    return config, trainer_class
+
+
+def run_data(config):
+    """(train, valid, test, split fingerprint) of the run's dataset, its files checked first."""
+    log = logging.getLogger()
+    config["rm_dup_inter"] = check_dataset_files(config)
     data = create_dataset(config)
     check_benchmark_rows(data)
     fit_topk_to_catalog(config, data.item_num - 1)
@@ -145,12 +178,12 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     fingerprint = split_fingerprint(train_data.dataset, valid_data.dataset, test_data.dataset)
     for line in cold_start_lines(train_data.dataset, valid_data.dataset, test_data.dataset):
         log.warning(line)
+    return train_data, valid_data, test_data, fingerprint
 
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_obj = build_model(config, train_data.dataset, from_checkpoint=bool(config["resume"]))
-    log.info(model_obj)
-    trainer = trainer_class(config, model_obj)
-    trainer.split_fingerprint = fingerprint
+
+def train_and_test(trainer, config, data: tuple, fingerprint: str, saved: bool) -> dict:
+    """Fit (or resume) ``trainer`` and test its best model; its run's files are released either way."""
+    train_data, valid_data, test_data = data
     try:
         if config["resume"]:
             resume = config["resume"]
@@ -167,24 +200,15 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
         eval_time = time() - start
     finally:
         getattr(trainer, "release_files", lambda: None)()  # CLLM4Rec's run lock; RecBole's trainers have none
+    log = logging.getLogger()
     log.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     log.info(set_color("test result", "yellow") + f": {test_result}")
-    if not config["single_spec"]:
-        torch.distributed.destroy_process_group()
     return {
-        "model": config["model"],
-        "dataset": config["dataset"],
         "best_valid_score": best_valid_score,
-        "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result),
         "train_time": train_time,
         "eval_time": eval_time,
-        "split": fingerprint,
-        "checkpoint": trainer.saved_model_file if saved else None,
-        "losses": list(getattr(trainer, "loss_history", [])),
-        "stage_seconds": dict(getattr(trainer, "stage_seconds", {})),
-        "valid_history": list(getattr(trainer, "valid_history", [])),
     }
 
 
@@ -313,54 +337,6 @@ def torchrun_settings() -> dict | None:
     }
 
 
-def comparison_rows(results: list[dict]) -> tuple[list[str], list[list]]:
-    """Header and rows of the comparison table: test metrics, best-valid metrics, times, split."""
-    metrics = list(results[0]["test_result"])
-    header = ["model"] + [f"test {m}" for m in metrics] + [f"valid {m}" for m in metrics]
-    header += ["train time (s)", "eval time (s)", "split"]
-    rows = []
-    for r in results:
-        valid = r["best_valid_result"]
-        rows.append(
-            [r["model"]]
-            + [r["test_result"].get(m) for m in metrics]
-            + [valid.get(m) for m in metrics]
-            + [round(r["train_time"], 1), round(r["eval_time"], 1), r["split"]]
-        )
-    return header, rows
-
-
-def comparison_chart(results: list[dict], path: Path) -> bool:
-    """Test metrics per model as grouped bars in a PNG; ``False`` (nothing drawn) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    metrics = list(results[0]["test_result"])
-    width = 0.8 / len(results)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(metrics) * max(1, len(results) / 2)), 4))
-    for k, result in enumerate(results):
-        positions = [m + (k - (len(results) - 1) / 2) * width for m in range(len(metrics))]
-        ax.bar(positions, [result["test_result"][m] for m in metrics], width, label=result["model"])
-    ax.set_xticks(range(len(metrics)), metrics)
-    ax.set_ylabel("test")
-    ax.set_title(f"{results[0]['dataset']} (split {results[0]['split']})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def run(
     models: list[str],
     dataset: str,
@@ -406,14 +382,5 @@ def run(
     splits = {r["split"] for r in results}
     if len(splits) > 1:
         raise RuntimeError(f"models saw different splits: {[(r['model'], r['split']) for r in results]}")
-    header, rows = comparison_rows(results)
-    table = markdown_table(header, rows)
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    stem = results_dir / f"{results[0]['dataset']}-{'-'.join(models)}-{time():.0f}"
-    stem.with_suffix(".md").write_text(table + "\n")
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        csv.writer(f).writerows([header] + rows)
-    saved = [f"{stem}.md", f"{stem}.csv"] + ([f"{stem}.png"] if comparison_chart(results, stem.with_suffix(".png")) else [])
-    print(f"\n{table}\n\nsaved to {', '.join(saved)}")
+    save_comparison(results, Path(results_dir) / f"{results[0]['dataset']}-{'-'.join(models)}-{time():.0f}")
     return results

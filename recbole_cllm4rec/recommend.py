@@ -21,7 +21,7 @@ TITLE_FIELDS = ("title", "movie_title", "name")
 
 def item_titles(dataset) -> list[str] | None:
     """Item titles by internal id, from the first ``title``/``movie_title``/``name`` column of the .item file."""
-    from recbole_cllm4rec.corpus import field_texts
+    from recbole_cllm4rec.data_files import field_texts
 
     for field in TITLE_FIELDS:
         try:

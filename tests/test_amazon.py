@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from recbole_cllm4rec.corpus import unescape
+from recbole_cllm4rec.data_files import unescape
 from recbole_cllm4rec.datasets.amazon import convert, main
 
 # (user, item, rating, time): after rating > 3 and a 2-core only u1, u2, u3 with a, b, c survive:

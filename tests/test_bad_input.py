@@ -17,8 +17,8 @@ from conftest import make_model, tiny_config_dict, write_tiny_dataset
 
 from recbole_cllm4rec import backbone, recommend
 from recbole_cllm4rec.datasets import amazon
+from recbole_cllm4rec.checkpoint import load_checkpoint
 from recbole_cllm4rec.quick_start import load_data_and_model, run_model
-from recbole_cllm4rec.trainer import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_SMOLLM2 = importlib.util.find_spec(backbone.SMOLLM2_PACKAGE) is not None
@@ -173,7 +173,7 @@ def test_empty_interaction_files_are_refused(tiny_data):
 
 
 def test_escaped_tabs_and_newlines_reach_the_content_lm_as_tabs_and_newlines(tiny_data):
-    from recbole_cllm4rec.corpus import field_texts
+    from recbole_cllm4rec.data_files import field_texts
 
     edit_line(tiny_data / "tiny" / "tiny.item", 2, "i1\t" + r"The\tcomedy\nfilm\\1" + "\tcomedy")
     config, _, _, train, _, _ = load_data_and_model(run_model("CLLM4Rec", "tiny", config_dict=quick(tiny_data))["checkpoint"])
@@ -253,7 +253,7 @@ def test_a_gpt2_folder_trains_with_llm_layers(tiny_data):
     # the collaborative side reads a 1-block view of GPT-2's `h`, the content LM all 3 blocks
     assert len(model.backbone.transformer.h) == 3 and model.depths == {"collaborative": 1, "content": 3}
     assert len(model.bodies["collaborative"].__self__.h) == 1
-    loss, _ = model.recommendation_loss(torch.arange(1, 5))
+    loss, _ = model.recommendation_loss(torch.arange(1, 5), users_per_batch=4.0)
     assert torch.isfinite(loss) and loss > 0
     assert torch.isfinite(model.content_lm_loss(torch.arange(3))[0])
     _, short, _ = make_model(tiny_data, llm=str(tiny_data / "gpt2-tiny"), llm_layers=1, content_layers=1)
@@ -307,16 +307,16 @@ def test_converter_truncated_gzip_and_malformed_line_numbers(tmp_path, capsys):
 
 # ---------------------------------------------------------------- 8. seed
 def test_what_loading_the_backbone_draws_does_not_move_the_run(tiny_data, monkeypatch):
-    import recbole_cllm4rec.model.cllm4rec as cllm4rec
+    import recbole_cllm4rec.model.frozen_lm as frozen_lm
 
     first = run_model("CLLM4Rec", "tiny", config_dict=quick(tiny_data))
-    real = cllm4rec.load_backbone
+    real = frozen_lm.load_backbone
 
     def converting(*args, **kwargs):  # a first load draws random numbers (as a conversion does)
         torch.rand(1000)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cllm4rec, "load_backbone", converting)
+    monkeypatch.setattr(frozen_lm, "load_backbone", converting)
     second = run_model("CLLM4Rec", "tiny", config_dict=quick(tiny_data))
     assert second["losses"] == first["losses"] and second["test_result"] == first["test_result"]
 

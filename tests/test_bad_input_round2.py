@@ -84,21 +84,21 @@ def test_a_full_disk_says_so_and_keeps_the_last_good_checkpoint(tmp_path, monkey
 
     import torch
 
-    from recbole_cllm4rec import trainer
+    from recbole_cllm4rec import checkpoint
 
     path = tmp_path / "run-last.pth"
-    trainer.atomic_save({"state_dict": {"w": torch.ones(2)}}, str(path))
+    checkpoint.atomic_save({"state_dict": {"w": torch.ones(2)}}, str(path))
     good = path.read_bytes()
 
     def full_disk_save(state, file, **kwargs):
         Path(file).write_bytes(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/0: file write failed")
 
-    monkeypatch.setattr(trainer.torch, "save", full_disk_save)
-    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk_save)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
     with pytest.raises(OSError, match=rf"^could not write {re.escape(str(path))} \(no space left on its disk, 0 MiB free\): "
                                       r"the previous run-last.pth is kept as it was; free space and resume with --resume=True$"):  # fmt: skip
-        trainer.atomic_save({"state_dict": {"w": torch.zeros(2)}}, str(path))
+        checkpoint.atomic_save({"state_dict": {"w": torch.zeros(2)}}, str(path))
     assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["run-last.pth"]
 
 
@@ -165,7 +165,7 @@ def test_the_stored_history_does_not_depend_on_what_drew_from_the_global_rng_bef
     another order than in later runs."""
     import torch
 
-    from recbole_cllm4rec.corpus import stored_history
+    from recbole_cllm4rec.documents import stored_history
 
     path = tiny_data / "tiny" / "tiny.inter"
     rows = path.read_text().splitlines()
@@ -185,7 +185,7 @@ def test_an_empty_reservation_nobody_holds_is_removed_and_a_held_one_kept(tiny_d
     import subprocess
     import sys
 
-    from recbole_cllm4rec.trainer import RunLock
+    from recbole_cllm4rec.runfiles import RunLock
 
     saved = tiny_data / "saved"
     saved.mkdir()

@@ -9,7 +9,8 @@ from conftest import make_model, tiny_config_dict, write_tiny_dataset
 from recbole_cllm4rec import recommend
 from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
 from recbole_cllm4rec.quick_start import load_data_and_model, run_model
-from recbole_cllm4rec.trainer import CLLM4RecTrainer, load_checkpoint
+from recbole_cllm4rec.checkpoint import load_checkpoint
+from recbole_cllm4rec.trainer import CLLM4RecTrainer
 
 
 class Crash(Exception):
@@ -152,7 +153,7 @@ def test_users_missing_from_the_user_file_are_counted(tmp_path, monkeypatch, cap
     lines = user_file.read_text().splitlines()
     user_file.write_text("\n".join(lines[:-5]) + "\n")  # the last 5 users have no row
     monkeypatch.chdir(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="recbole_cllm4rec.corpus"):
+    with caplog.at_level(logging.WARNING, logger="recbole_cllm4rec.documents"):
         _, model, _ = make_model(tmp_path)
     assert model.n_users == 31  # no interaction is dropped
     assert "5 of 30 users have no text" in caplog.text

@@ -37,7 +37,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_a_missing_or_broken_config_file_is_named(tmp_path):
-    from recbole_cllm4rec.validation import check_config_files
+    from recbole_cllm4rec.config_rules import check_config_files
 
     (tmp_path / "bad.yaml").write_text("a: 1\nb: [1\n")
     (tmp_path / "latin1.yaml").write_bytes("a: caf\xe9\n".encode("latin-1"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_model
 
-from recbole_cllm4rec.corpus import token_budget_batches
+from recbole_cllm4rec.batches import token_budget_batches
 from recbole_cllm4rec.model.item_softmax import ItemLogSumExp
 
 
@@ -83,12 +83,12 @@ def test_each_training_document_appears_once_per_epoch(tiny_data):
 
     config, model, _ = make_model(tiny_data)
     trainer = CLLM4RecTrainer(config, model)
-    for stage, expected in (
+    for pass_name, expected in (
         ("content", list(range(len(model.documents.content)))),
         ("collaborative", trainer.train_users.tolist()),
         ("recommendation", trainer.train_users.tolist()),
     ):
-        batches, _ = trainer.stage_batches(stage)
+        batches, _ = trainer.pass_batches(pass_name)
         assert len(batches) > 1
         assert sorted(torch.cat(batches).tolist()) == sorted(expected)
 
@@ -159,7 +159,7 @@ MILLION_ITEMS = textwrap.dedent(
     loss, reg = model.collaborative_lm_loss(users)
     (loss + reg).backward()
     optimizer.step()
-    rec_loss, _ = model.recommendation_loss(users)
+    rec_loss, _ = model.recommendation_loss(users, users_per_batch=float(len(users)))
     with torch.no_grad():
         scores = model.full_sort_predict({"user_id": users[:16]})
     assert scores.shape == (16, n_items) and torch.isinf(scores[:, 0]).all() and torch.isfinite(scores[:, 1:]).all()

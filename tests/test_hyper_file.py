@@ -2,7 +2,7 @@
 import pytest
 
 from recbole_cllm4rec.quick_start import run_hyper
-from recbole_cllm4rec.validation import check_hyper_file
+from recbole_cllm4rec.config_rules import check_hyper_file
 
 
 @pytest.mark.parametrize(

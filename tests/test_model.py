@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_model, tiny_config_dict
 
-from recbole_cllm4rec.corpus import SoftHardPrompt
+from recbole_cllm4rec.ids import SoftHardPrompt
 
 
 def manual_embed(model, ids: list[int], side: str) -> torch.Tensor:
@@ -39,7 +39,7 @@ def test_only_the_id_tables_and_the_item_bias_get_gradients(tiny_data, item_bias
     for loss, reg in (
         model.collaborative_lm_loss(users),
         model.content_lm_loss(torch.arange(6)),
-        model.recommendation_loss(users),
+        model.recommendation_loss(users, users_per_batch=8.0),
     ):
         (loss + reg).backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -213,7 +213,7 @@ def test_recommendation_loss_is_multinomial(tiny_data, readout, skip, bias, visi
     users = torch.tensor([1, 2, 3])
     ids, length, goal, not_shown = model.documents.recommendation(users, mask=True)
     torch.manual_seed(0)
-    loss, _ = model.recommendation_loss(users)
+    loss, _ = model.recommendation_loss(users, users_per_batch=2.5)
     hidden = model.hidden_states(ids, length, "collaborative")
     item_offset = model.layout.vocab_size + model.n_users
     expected = 0.0
@@ -235,7 +235,7 @@ def test_recommendation_loss_is_multinomial(tiny_data, readout, skip, bias, visi
         for item, hidden_from_prompt in zip(goal[row].tolist(), not_shown[row].tolist()):
             if item:
                 expected -= (1.0 if hidden_from_prompt else visible_weight) * log_probs[item - 1].item()
-    assert loss.item() == pytest.approx(expected / model.users_per_batch, rel=1e-5)
+    assert loss.item() == pytest.approx(expected / 2.5, rel=1e-5)
     if model.has_item_bias:
         loss.backward()
         assert model.item_bias.weight.grad.abs().sum() > 0
@@ -298,7 +298,7 @@ def test_llm_dtype_choice():
     assert autocast_dtype("auto", "cuda") is torch.bfloat16
     assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_native_bf16() else None)
     assert autocast_dtype("float32", "cuda") is None
-    from recbole_cllm4rec.validation import check_config_values
+    from recbole_cllm4rec.config_rules import check_config_values
 
     with pytest.raises(ValueError, match="llm_dtype='fp8' must be one of auto, float32, bfloat16, float16"):
         check_config_values({"llm_dtype": "fp8"}, {"llm_dtype": CLLM4Rec.CONFIG_RULES["llm_dtype"]})

@@ -8,9 +8,10 @@ import torch
 import yaml
 from conftest import tiny_config_dict
 
+from recbole_cllm4rec.checkpoint import load_checkpoint
 from recbole_cllm4rec.metrics import PaperScore
 from recbole_cllm4rec.quick_start import run_model
-from recbole_cllm4rec.trainer import CLLM4RecTrainer, load_checkpoint
+from recbole_cllm4rec.trainer import CLLM4RecTrainer
 
 PRESET = Path(__file__).resolve().parent.parent / "properties" / "presets" / "CLLM4Rec-paper.yaml"
 
@@ -89,22 +90,22 @@ class Crash(Exception):
 
 
 def scripted_pretraining(monkeypatch, losses: dict[str, list[float]], crash_at: int | None = None):
-    """Pretraining passes report ``losses[stage][epoch]`` (after really training); the tables after
+    """Pretraining passes report ``losses[side][epoch]`` (after really training); the tables after
     every pass, and those the first finetuning pass starts from, are recorded."""
     record = {"after": {}, "finetune_start": None, "calls": 0}
     real = CLLM4RecTrainer._run_pass
 
-    def run_pass(self, stage, optimizer, epoch_idx, show_progress, regularize=True):
+    def run_pass(self, side, optimizer, epoch_idx, show_progress, regularize=True):
         record["calls"] += 1
         if record["calls"] == crash_at:
             raise Crash(f"killed in pass {crash_at}")
-        if self.finetuning:
+        if self.stage == "finetune":
             if record["finetune_start"] is None:
                 record["finetune_start"] = [t.weight.detach().clone() for t in self.model.id_tables()]
-            return real(self, stage, optimizer, epoch_idx, show_progress, regularize)
-        real(self, stage, optimizer, epoch_idx, show_progress, regularize)
-        record["after"][(stage, epoch_idx)] = [t.weight.detach().clone() for t in self.model.tables(stage)]
-        return losses[stage][epoch_idx], 0.0
+            return real(self, side, optimizer, epoch_idx, show_progress, regularize)
+        real(self, side, optimizer, epoch_idx, show_progress, regularize)
+        record["after"][(side, epoch_idx)] = [t.weight.detach().clone() for t in self.model.tables(side)]
+        return losses[side][epoch_idx], 0.0
 
     monkeypatch.setattr(CLLM4RecTrainer, "_run_pass", run_pass)
     return record

@@ -53,7 +53,7 @@ def test_pretraining_losses_reach_tensorboard(tiny_data):
 
 
 def test_sampled_evaluation_scores_each_user_once(tmp_path, monkeypatch):
-    from recbole_cllm4rec.corpus import Documents
+    from recbole_cllm4rec.documents import Documents
 
     write_dataset(tmp_path, "small", n_users=12, n_items=150, per_user=12)
     monkeypatch.chdir(tmp_path)

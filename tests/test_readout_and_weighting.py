@@ -3,8 +3,8 @@ import pytest
 import torch
 from conftest import make_model, tiny_config_dict
 
-import recbole_cllm4rec.model.cllm4rec as cllm4rec_module
-from recbole_cllm4rec.corpus import stored_history
+import recbole_cllm4rec.model.frozen_lm as frozen_lm_module
+from recbole_cllm4rec.documents import stored_history
 
 
 def scoring_states(model, users):
@@ -45,17 +45,20 @@ def test_an_unknown_or_removed_readout_is_refused(tiny_data):
 
 
 def test_every_user_weighs_the_same_whatever_batch_they_are_packed_in(tiny_data, monkeypatch):
-    _, model, _ = make_model(tiny_data, readout="mean")
+    config, model, _ = make_model(tiny_data, readout="mean")
     unshuffled = model.documents.history
     monkeypatch.setattr(model.documents, "history", lambda users, shuffle: unshuffled(users, shuffle=False))
     short, long_ = torch.tensor([3]), torch.tensor([7, 8, 12, 15])
-    alone = model.recommendation_loss(short)[0] + model.recommendation_loss(long_)[0]
-    together = model.recommendation_loss(torch.cat([short, long_]))[0]
-    assert together.item() == pytest.approx(alone.item(), rel=1e-5)
+    from recbole_cllm4rec.trainer import CLLM4RecTrainer
+
     # the constant: train_batch_tokens over the mean finetuning document length of training users
     users = torch.nonzero(model.documents.history_len > 0).squeeze(1)
     mean_length = model.documents.lengths("recommendation", users).float().mean().item()
-    assert model.users_per_batch == pytest.approx(256 / mean_length)
+    per_batch = CLLM4RecTrainer(config, model).users_per_batch
+    assert per_batch == pytest.approx(256 / mean_length)
+    alone = model.recommendation_loss(short, per_batch)[0] + model.recommendation_loss(long_, per_batch)[0]
+    together = model.recommendation_loss(torch.cat([short, long_]), per_batch)[0]
+    assert together.item() == pytest.approx(alone.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("item_init", ["random", "svd"])
@@ -91,7 +94,7 @@ def test_finetuning_regularization_covers_the_hidden_targets(tiny_data):
     torch.manual_seed(3)
     ids, _, target, not_shown = model.documents.recommendation(users, mask=True)
     torch.manual_seed(3)
-    _, reg = model.recommendation_loss(users)
+    _, reg = model.recommendation_loss(users, users_per_batch=2.0)
     diff = lambda a, b, r: ((a.weight[r] - b.weight[r]) ** 2).sum().item()  # noqa: E731
     expected = 0.0
     for row, u in enumerate(users.tolist()):
@@ -128,13 +131,13 @@ def test_stored_history_keeps_a_repeated_item_once_at_its_latest_time():
 
 def test_id_tables_start_from_the_seed_whatever_loading_consumed(tiny_data, monkeypatch):
     _, first, _ = make_model(tiny_data)
-    load = cllm4rec_module.load_backbone
+    load = frozen_lm_module.load_backbone
 
     def load_and_consume(*args, **kwargs):
         torch.rand(1000)  # as converting a backbone on first use does
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(cllm4rec_module, "load_backbone", load_and_consume)
+    monkeypatch.setattr(frozen_lm_module, "load_backbone", load_and_consume)
     _, second, _ = make_model(tiny_data)
     for a, b in zip(first.id_tables(), second.id_tables()):
         assert torch.equal(a.weight, b.weight)
@@ -220,7 +223,7 @@ def test_the_backbone_builds_no_kv_cache(tiny_data):
         return call
 
     model.bodies = {side: recording(body) for side, body in model.bodies.items()}
-    model.recommendation_loss(torch.tensor([1, 2]))
+    model.recommendation_loss(torch.tensor([1, 2]), users_per_batch=2.0)
     model.collaborative_lm_loss(torch.tensor([1, 2]))
     model.content_lm_loss(torch.tensor([0, 1]))
     assert len(seen) == 3 and all(flag is False and cache is None for flag, cache in seen)
@@ -261,7 +264,7 @@ def test_lora_adapters_train_at_their_own_rate_and_travel_in_checkpoints(tiny_da
         torch.testing.assert_close(model.full_sort_predict({model.USER_ID: users}), plain.full_sort_predict({plain.USER_ID: users}))
     optimizer = CLLM4RecTrainer(config, model)._build_optimizer(learning_rate=0.001)
     assert [g["lr"] for g in optimizer.param_groups] == [0.001, 0.05]
-    loss, reg = model.recommendation_loss(users)
+    loss, reg = model.recommendation_loss(users, users_per_batch=float(len(users)))
     (loss + reg).backward()
     optimizer.step()
     assert all(p.grad is not None for p in adapters)
@@ -280,7 +283,7 @@ def test_a_lora_run_tests_the_adapters_it_trained(tiny_data):
     from conftest import tiny_config_dict
 
     from recbole_cllm4rec.quick_start import run_model
-    from recbole_cllm4rec.trainer import load_checkpoint
+    from recbole_cllm4rec.checkpoint import load_checkpoint
 
     result = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data, lora_rank=2, epochs=2))
     state = load_checkpoint(result["checkpoint"], "cpu")["state_dict"]

@@ -163,7 +163,7 @@ def test_a_checkpoint_saved_before_a_new_option_loads_with_its_default(tiny_data
 
 def test_a_retired_research_option_is_refused_before_training(tiny_data, monkeypatch):
     import recbole_cllm4rec.quick_start as quick_start
-    from recbole_cllm4rec.validation import check_retired_options
+    from recbole_cllm4rec.config_rules import check_retired_options
 
     monkeypatch.setattr(quick_start, "create_dataset", lambda config: pytest.fail("the data was loaded"))
     with pytest.raises(ValueError, match=r"deep_prompt_tokens=8 is a research option that was removed.*commit ef9cea6"):

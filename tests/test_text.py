@@ -57,7 +57,7 @@ def test_only_training_reviews_reach_the_content_corpus(tiny_data, in_inter):
 
 
 def test_the_content_corpus_is_loaded_from_cache_the_second_time(tiny_data, monkeypatch):
-    from recbole_cllm4rec import corpus
+    from recbole_cllm4rec import documents
 
     _, first, _ = make_model(tiny_data)
     assert len(list((tiny_data / "cache" / "corpus").glob("tiny-*.pt"))) == 1
@@ -65,7 +65,7 @@ def test_the_content_corpus_is_loaded_from_cache_the_second_time(tiny_data, monk
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("the corpus was tokenized again")
 
-    monkeypatch.setattr(corpus, "build_content_documents", no_tokenizing)
+    monkeypatch.setattr(documents, "build_content_documents", no_tokenizing)
     _, second, _ = make_model(tiny_data)
     assert torch.equal(first.documents.content.ids, second.documents.content.ids)
     # another template is another corpus: built, never a stale file

@@ -1,7 +1,7 @@
 r"""CLLM4Rec: Collaborative Large Language Model for Recommender Systems (Zhu et al., WWW 2024).
 
 A frozen pretrained causal LM reads documents that mix words with user/item ID tokens
-(``recbole_cllm4rec.corpus``: the token layout and every document). Only the ID token embeddings
+(``recbole_cllm4rec.ids``: the token layout; ``recbole_cllm4rec.documents``: every document). Only the ID token embeddings
 train, in two sets:
 
 - collaborative (user, item): trained by the collaborative LM, whose main text is a user's items
@@ -34,7 +34,6 @@ the longest history of a random batch.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -43,25 +42,17 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_cllm4rec.backbone import default_cache_dir, load_backbone, reinitialize
-from recbole_cllm4rec.corpus import Documents, IdLayout, content_documents, stored_history, token_budget_batches
-from recbole_cllm4rec.model.adapters import (
-    add_lora,
-    autocast_dtype,
-    backbone_fingerprint,
-    block_list_name,
-    layer_view,
-    set_dropout,
-    truncate_layers,
-)
+from recbole_cllm4rec.backbone import default_cache_dir
+from recbole_cllm4rec.batches import token_budget_batches
+from recbole_cllm4rec.config_rules import Rule, check_config_values
+from recbole_cllm4rec.distributed import Shard, own_rows
+from recbole_cllm4rec.documents import Documents, content_documents, stored_history
+from recbole_cllm4rec.model.frozen_lm import FrozenLM
 from recbole_cllm4rec.model.item_softmax import ItemLogSumExp
-from recbole_cllm4rec.model.starts import svd_factors, text_components, write_text_start
-from recbole_cllm4rec.validation import Rule, check_config_values
-
-Shard = tuple[int, int]  # (rank, world size) under data parallelism; (0, 1) in one process
+from recbole_cllm4rec.model.starts import item_text_states, svd_start, text_start, trained_rows
 
 
-class CLLM4Rec(GeneralRecommender):
+class CLLM4Rec(FrozenLM, GeneralRecommender):
     input_type = InputType.POINTWISE
     # what each key of properties/CLLM4Rec.yaml accepts, refused before the backbone loads; grouped by
     # the construction step that reads it (the trainer's keys are CLLM4RecTrainer.CONFIG_RULES)
@@ -80,7 +71,7 @@ class CLLM4Rec(GeneralRecommender):
         "init_std": Rule(float, low=0, optional=True),
         "lambda_c": Rule(float, low=0),
         "mutual_reg_reduction": Rule(str, choices=("sum", "mean")),
-        # build_documents (and corpus.Documents)
+        # build_documents (and documents.Documents)
         "max_seq_len": Rule(int, low=8),
         "scoring_max_seq_len": Rule(int, low=8, optional=True),
         "item_reorder": Rule(bool),
@@ -95,8 +86,6 @@ class CLLM4Rec(GeneralRecommender):
         "readout_state_weight": Rule(float, low=0),
         "item_bias": Rule(bool),
         "visible_target_weight": Rule(float, low=0, high=1),
-        "train_batch_tokens": Rule(int, low=1),
-        "train_batch_documents": Rule(int, low=1, optional=True),
         "eval_batch_tokens": Rule(int, low=1),
         "item_chunk_size": Rule(int, low=1),
     }
@@ -118,44 +107,6 @@ class CLLM4Rec(GeneralRecommender):
         self.build_item_head(config)
 
     # ------------------------------------------------------------------ construction
-    def build_backbone(self, config) -> None:
-        """The frozen LM (``llm``): optionally random weights, fewer layers, dropout, LoRA adapters.
-
-        Each side reads its own depth of the one backbone: the collaborative side (collaborative LM,
-        finetuning, scoring) its first ``llm_layers`` blocks, the content LM its first
-        ``content_layers`` (``~``: all). The word head was trained on the last layer: read off layer
-        4 of SmolLM2-135M it scores item text at 23.8 nats per token, worse than a uniform guess
-        (10.8); off all 30, 3.9 (``docs/research-log.md``).
-        """
-        self.llm = config["llm"]
-        self.backbone, self.tokenizer = load_backbone(self.llm, config["llm_cache_dir"])
-        if not config["llm_pretrained"]:
-            reinitialize(self.backbone, config["seed"])
-        depths = {"collaborative": config["llm_layers"], "content": config["content_layers"]}
-        if None not in depths.values():
-            truncate_layers(self.backbone, max(depths.values()))
-        n_blocks = len(getattr(self.backbone.base_model, block_list_name(self.backbone)))
-        self.depths = {side: min(depth or n_blocks, n_blocks) for side, depth in depths.items()}
-        self.backbone.requires_grad_(False)
-        self.llm_dropout = config["llm_dropout"] or 0.0
-        if self.llm_dropout:
-            set_dropout(self.backbone, self.llm_dropout)
-        # The backbone's identity travels in every checkpoint (the weights themselves do not), with
-        # each side's depth where they differ.
-        sides = "" if len(set(self.depths.values())) == 1 else repr(sorted(self.depths.items()))
-        self.register_buffer("backbone_fingerprint", backbone_fingerprint(self.backbone, sides))
-        self.backbone_learning_rate = config["backbone_learning_rate"]
-        if config["lora_rank"]:
-            add_lora(self.backbone, config["lora_rank"], config["lora_alpha"], config["lora_targets"], config["seed"])
-        self.autocast_dtype = autocast_dtype(config["llm_dtype"], config["device"])
-        # the bodies are views of the backbone made after every change to it (LoRA), not submodules:
-        # nothing of theirs enters a checkpoint. A view's own `training` flag stays False (only
-        # gradient checkpointing reads it). torch.compile: shapes vary, so dynamic; minutes up front
-        views = {side: layer_view(self.backbone, depth) for side, depth in self.depths.items()}
-        compiled = config["llm_compile"]
-        self.bodies = {side: torch.compile(v.forward, dynamic=True) if compiled else v.forward for side, v in views.items()}
-        self.layout = IdLayout(self.backbone.get_input_embeddings().num_embeddings, self.n_users, self.n_items)
-
     def build_id_tables(self, config) -> None:
         """The two sets of ID token embeddings, the only parameters that train (with the item bias)."""
         word_embeddings = self.backbone.get_input_embeddings()
@@ -164,8 +115,8 @@ class CLLM4Rec(GeneralRecommender):
         self.collaborative_item_emb = nn.Embedding(self.n_items, dim)
         self.content_user_emb = nn.Embedding(self.n_users, dim)
         self.content_item_emb = nn.Embedding(self.n_items, dim)
-        # N(0, 0.02) as the paper code. (At the word embeddings' own scale, SmolLM2's 0.136, the tied
-        # item head starts with logits so large that the collaborative loss begins near 21 nats.)
+        # N(0, 0.02) as the paper code: at the word embeddings' own scale the tied item head would
+        # start with logits so large that the collaborative loss begins far above a uniform guess
         self.init_std = config["init_std"] or word_embeddings.weight.std().item()
         # drawn from the config seed alone: loading (or converting) the backbone may consume the global
         # random state differently from one run to the next
@@ -176,7 +127,7 @@ class CLLM4Rec(GeneralRecommender):
         self.mutual_reg_mean = config["mutual_reg_reduction"] == "mean"
 
     def build_documents(self, config, dataset) -> None:
-        """Training histories and text, as the documents every stage reads (``corpus.Documents``)."""
+        """Training histories and text, as the documents every pass reads (``documents.Documents``)."""
         history = stored_history(dataset, config["seed"])
         cache_dir = Path(config["llm_cache_dir"] or default_cache_dir()) / "corpus"
         content = content_documents(config, dataset, self.tokenizer, self.layout, history, cache_dir)
@@ -191,86 +142,48 @@ class CLLM4Rec(GeneralRecommender):
 
     def init_id_tables(self, config, start_tables: bool) -> None:
         """``item_init: svd`` starts both sides at the SVD (and the text start) when ``start_tables``;
-        and which rows each side trains.
+        and which rows each side trains (``starts.trained_rows``).
 
-        A row with no document on a side never moves from its init, so mutual regularization pulls
-        only toward rows the other side trains (``collaborative_trained`` / ``content_trained``,
-        indexed by ``IdLayout.id_rows``); with the SVD start every row is an anchor (its factor, or for a row
-        without interactions the random start both sides share), not noise.
+        Mutual regularization pulls only toward rows the other side trains (``collaborative_trained``
+        / ``content_trained``, indexed by ``IdLayout.id_rows``): a random untrained row is noise. With
+        the SVD start every row is an anchor (its factor, or the random start both sides share).
         """
-        layout, history = self.layout, self.documents.history_items
-        collaborative_rows = torch.zeros(self.n_users + self.n_items, dtype=torch.bool)
-        collaborative_rows[: self.n_users] = self.documents.history_len.cpu() > 0
-        collaborative_rows[layout.id_rows(layout.item_tokens(history[history > 0]))] = True
+        collaborative_rows, content_rows = trained_rows(self.layout, self.documents.history_items, self.documents.content)
         self.register_buffer("collaborative_trained", collaborative_rows, persistent=False)
-        content_ids = self.documents.content.ids.long()
-        content_rows = torch.zeros(self.n_users + self.n_items, dtype=torch.bool)
-        content_rows[layout.id_rows(content_ids[layout.is_id(content_ids)]).unique()] = True
         if config["item_init"] == "svd":
             content_rows[:] = True
             if start_tables:
-                self.init_from_svd(history, config["seed"])
+                self.init_from_svd(self.documents.history_items, config["seed"])
             if start_tables and config["text_start_dims"] and config["text_start_share"]:
                 self.init_from_text(config["text_start_dims"], config["text_start_share"], config["seed"], config["eval_batch_tokens"])
         self.register_buffer("content_trained", content_rows, persistent=False)
 
     @torch.no_grad()
     def init_from_svd(self, history: torch.Tensor, seed: int) -> None:
-        """User and item tables (both sides) start at the SVD factors of the training matrix
-        (``starts.svd_factors``; as E4SRec starts from CF embeddings), each rescaled to ``init_std``.
-        Both sides start equal: mutual regularization starts at zero.
-
-        A user or item without training interactions has no factor: its rows keep their N(0,
-        ``init_std``) draw (the collaborative one on both sides). At the zero vector, a 30-layer
-        SmolLM2 gives it non-finite gradients, and the first content pass at full depth turned the
-        tables to NaN on ml-100k (27 such rows)."""
-        rank = min(self.collaborative_item_emb.embedding_dim, self.n_users - 1, self.n_items - 1)
-        factors, degrees = svd_factors(history, self.n_users, self.n_items, rank, seed)
-        collaborative = self.tables("collaborative")
-        for side in ("collaborative", "content"):
-            for k, (table, factor) in enumerate(zip(self.tables(side), factors)):
-                start = torch.zeros_like(table.weight)
-                start[:, :rank] = factor / factor[1:].std() * self.init_std
-                table.weight.copy_(torch.where(degrees[k][:, None] > 0, start, collaborative[k].weight))
+        """Both sides' tables start at the SVD of the training matrix (``starts.svd_start``; as E4SRec
+        starts from CF embeddings): a start the frozen layers cannot give random rows."""
+        svd_start([self.tables("collaborative"), self.tables("content")], history, self.init_std, seed)
 
     @torch.no_grad()
     def init_from_text(self, dims: int, share: float, seed: int, max_tokens: int) -> None:
-        """The text start: the last ``dims`` dimensions of both sides' item tables (the SVD's weakest
-        factors) take the whitened top principal components of the LM's own reading of each item's
-        text (``item_text_states``), at ``share`` of a row's mean squared norm beside the SVD part.
+        """The text start (``starts.text_start``): the item tables' last ``dims`` dimensions (the SVD's
+        weakest factors) take the LM's own reading of each item's text (``item_text_states``).
 
         A history's mean item embedding . an item (the skip) then adds the two items' text similarity
-        as the LM reads it to their collaborative similarity, where the content LM and mutual
-        regularization train on from. On amazon-beauty-paper it raised validation Recall@20 by 7.5 %
-        (most for sparse users and tail items; ``docs/research-log.md``). Without item text it does
-        nothing; at most half of a row's dimensions, one per item with text."""
-        states = self.item_text_states(max_tokens)
-        dims = min(dims, states.shape[1] // 2, int((states.abs().sum(1) > 0).sum()))
-        if not dims:
-            return
-        components = text_components(states, dims, seed)
-        for side in ("collaborative", "content"):
-            write_text_start(self.tables(side)[1].weight, components, share)
+        as the LM reads it to their collaborative similarity, which helps most where interactions are
+        few: sparse users and tail items (``docs/results.md``)."""
+        item_tables = [self.tables(side)[1].weight for side in ("collaborative", "content")]
+        text_start(item_tables, self.item_text_states(max_tokens), dims, share, seed)
 
     @torch.no_grad()
     def item_text_states(self, max_tokens: int) -> torch.Tensor:
-        """``[n_items, hidden]``: each item's content document as the plain prompt (the word ``item``
-        in place of its ID token) read by the content side, the last layer's states averaged over the
-        text; zero for an item without a document. ``max_tokens``: padded tokens per forward pass."""
-        layout, content = self.layout, self.documents.content
-        ids = content.ids.long()
-        docs = (layout.is_item(ids).any(1) & ~layout.is_user(ids).any(1)).nonzero().squeeze(1)
-        items = layout.split(ids[docs])[2].amax(1)  # an item document's one item (0 at other positions)
-        states = torch.zeros(self.n_items, self.collaborative_item_emb.embedding_dim)
-        for batch in token_budget_batches(content.length[docs], max_tokens, shuffle=False):
-            rows = docs[batch]
-            length, prompt_length = content.length[rows], content.prompt_length[rows]
-            plain = layout.as_words(ids[rows][:, : int(length.max())], *self.plain_words).to(self.device)
-            hidden = self.text_states(plain, length.to(self.device)).cpu()
-            positions = torch.arange(plain.shape[1])[None, :]
-            text = ((positions >= prompt_length[:, None]) & (positions < length[:, None])).float()
-            states[items[batch]] = (text[:, :, None] * hidden).sum(1) / text.sum(1, keepdim=True).clamp(min=1)
-        return states
+        """``[n_items, hidden]``: each item's text as the plain prompt, read by ``text_states``
+        (``starts.item_text_states``); ``max_tokens``: padded tokens per forward pass."""
+        def read(words: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+            return self.text_states(words.to(self.device), length.to(self.device)).cpu()
+
+        dim = self.collaborative_item_emb.embedding_dim
+        return item_text_states(self.documents.content, self.layout, self.plain_words, read, dim, max_tokens)
 
     def text_states(self, words: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """What the text start reads of plain-word documents: the content side's last-layer states."""
@@ -295,13 +208,6 @@ class CLLM4Rec(GeneralRecommender):
             log_pop = (torch.bincount(history[history > 0], minlength=self.n_items).float() + 1).log()
             with torch.no_grad():
                 self.item_bias.weight[:, 0] = log_pop - log_pop[1:].mean()
-        # Every user weighs the same in the finetuning loss, whichever batch the packer puts them in:
-        # the loss is divided by a constant, the (expected) number of users per batch.
-        train_users = torch.nonzero(self.documents.history_len > 0).squeeze(1)
-        lengths = self.documents.lengths("recommendation", train_users).float()
-        mean_length = lengths.mean().item() if len(train_users) else 1.0
-        per_step = config["train_batch_documents"]
-        self.users_per_batch = float(per_step) if per_step else max(1.0, config["train_batch_tokens"] / mean_length)
 
     # ------------------------------------------------------------------ parameters and checkpoints
     def id_tables(self) -> list[nn.Embedding]:
@@ -320,10 +226,6 @@ class CLLM4Rec(GeneralRecommender):
         bias = [self.item_bias.weight] if self.has_item_bias else []
         return [table.weight for table in self.id_tables()] + bias + self.backbone_parameters()
 
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        """Backbone parameters that train (LoRA adapters); empty when the LM is frozen, as in the paper."""
-        return [p for p in self.backbone.parameters() if p.requires_grad]
-
     def optimizer_groups(self, learning_rate: float) -> list[dict]:
         """Parameter groups: the backbone's adapters at ``backbone_learning_rate`` (default: the stage's)."""
         inside = self.backbone_parameters()
@@ -333,40 +235,6 @@ class CLLM4Rec(GeneralRecommender):
             groups.append({"params": inside, "lr": self.backbone_learning_rate or learning_rate})
         return groups
 
-    def train(self, mode: bool = True):
-        """The frozen backbone runs in eval mode (no dropout noise on weights that never train) unless
-        ``llm_dropout`` asks for dropout while training, as the public code leaves GPT-2's on."""
-        super().train(mode)
-        self.backbone.train(mode and self.llm_dropout > 0)
-        return self
-
-    def state_dict(self, *args, **kwargs):
-        """What trains, without the frozen backbone (reloaded from ``llm``), so checkpoints stay small."""
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        trains = {prefix + name for name, p in self.named_parameters() if p.requires_grad}
-        for key in [k for k in state if k.startswith(prefix + "backbone.") and k not in trains]:
-            del state[key]
-        return state
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Load the ID tables; refuse a checkpoint trained on another backbone."""
-        saved = state_dict.get("backbone_fingerprint")
-        if saved is not None and not torch.equal(saved.cpu(), self.backbone_fingerprint.cpu()):
-            raise RuntimeError(
-                f"This checkpoint was trained with a different backbone than llm={self.llm!r} with llm_layers / "
-                f"content_layers reading {self.depths['collaborative']} / {self.depths['content']} layers (the "
-                "fingerprints differ): load it with the backbone and depths it was trained with."
-            )
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        trains = {name for name, p in self.named_parameters() if p.requires_grad}
-        missing = [k for k in result.missing_keys if not k.startswith("backbone.") or k in trains]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"CLLM4Rec checkpoint does not match: missing {missing}, unexpected {result.unexpected_keys}"
-            )
-        return result
-
     # ------------------------------------------------------------------ soft+hard prompt -> backbone
     def embed(self, ids: torch.Tensor, side: str) -> torch.Tensor:
         """Embeddings of an extended-vocabulary id tensor: words from the frozen LM, IDs from ``side``."""
@@ -375,12 +243,6 @@ class CLLM4Rec(GeneralRecommender):
         words, users, items = self.backbone.get_input_embeddings()(words), user_emb(users), item_emb(items)
         is_user, is_item = self.layout.is_user(ids).unsqueeze(-1), self.layout.is_item(ids).unsqueeze(-1)
         return torch.where(is_user, users, torch.where(is_item, items, words))
-
-    def autocast(self):
-        """The backbone's precision context (``llm_dtype``); a no-op for fp32."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.backbone_fingerprint.device.type, dtype=self.autocast_dtype)
 
     def hidden_states(
         self, ids: torch.Tensor, length: torch.Tensor, side: str, embeds: torch.Tensor | None = None
@@ -394,21 +256,11 @@ class CLLM4Rec(GeneralRecommender):
         return out.last_hidden_state.float()
 
     # ------------------------------------------------------------------ stage 1: pretraining losses
-    @staticmethod
-    def own_rows(shard: Shard, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """This rank's rows (``rank::world``) of per-document tensors; all of them in one process.
-
-        Every rank builds the documents of the whole batch (so random reordering and masking match
-        one process) and runs its own rows; losses are divided by the whole batch's target count, so
-        gradients summed over ranks are exactly the one-process gradients."""
-        rank, world = shard
-        return tensors if world == 1 else tuple(t[rank::world] for t in tensors)
-
     def collaborative_lm_loss(self, users: torch.Tensor, shard: Shard = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-item loss over the item vocabulary, and the mutual regularization toward content."""
         batch_ids, length, items = self.documents.collaborative(users)
         n_targets = (items > 0).sum().clamp(min=1)
-        ids, length, items = self.own_rows(shard, batch_ids, length, items)
+        ids, length, items = own_rows(shard, batch_ids, length, items)
         ids, items = ids[:, : int(length.max())], items[:, : int(items.gt(0).sum(1).max())]
         hidden = self.hidden_states(ids, length, "collaborative")
         p = self.documents.prompt_length("collaborative")
@@ -431,7 +283,7 @@ class CLLM4Rec(GeneralRecommender):
         content, docs = self.documents.content, docs.cpu()
         n_targets = (content.length[docs] - content.prompt_length[docs]).sum().clamp(min=1)
         batch_ids = content.ids[docs]
-        (docs,) = self.own_rows(shard, docs)
+        (docs,) = own_rows(shard, docs)
         length = content.length[docs].to(self.device)
         prompt_length = content.prompt_length[docs].to(self.device)
         ids = content.ids[docs][:, : int(length.max())].to(self.device).long()
@@ -477,11 +329,10 @@ class CLLM4Rec(GeneralRecommender):
         tokens (0 without it).
 
         Why the skip: the frozen layers normalize every input, so an ID embedding enters attention
-        and the MLPs at the scale of a word and their response swamps it in the residual stream. Even
-        one SmolLM2 layer turns an SVD-initialized table that ranks ml-100k at validation Recall@20
-        0.33 by itself into 0.03 (``docs/research-log.md``); finetuning must rebuild that structure
-        through the layers. The skip carries the embeddings to the head as they are; the layers' states
-        add what the LM makes of the prompt.
+        and the MLPs at the scale of a word and their response swamps it in the residual stream: even
+        one layer loses most of what an SVD-initialized table ranks by itself (``docs/results.md``).
+        The skip carries the embeddings to the head as they are; the layers' states add what the LM
+        makes of the prompt.
         """
         embeds = self.embed(ids, "collaborative")
         states = self.readout_state(self.hidden_states(ids, length, "collaborative", embeds), ids, length)
@@ -523,16 +374,18 @@ class CLLM4Rec(GeneralRecommender):
         features = torch.cat([head_input, head_input.new_ones(len(head_input), 1)], dim=1)
         return features, torch.cat([weight, self.item_bias.weight], dim=1)
 
-    def recommendation_loss(self, users: torch.Tensor, shard: Shard = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+    def recommendation_loss(
+        self, users: torch.Tensor, users_per_batch: float, shard: Shard = (0, 1)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted multinomial loss of the masked-history prompt over all items, and the regularization.
 
-        Divided by ``users_per_batch``, a constant: every user weighs the same wherever the packer
-        puts them. A target weighs 1 if the prompt hides it, ``visible_target_weight`` if it shows it.
+        Divided by ``users_per_batch``, a constant of the trainer's batching: every user weighs the
+        same wherever the packer puts them. A target weighs 1 if the prompt hides it, ``visible_target_weight`` if it shows it.
         The regularization covers the prompt's ID tokens and the hidden target items.
         """
         batch_ids, length, target, masked = self.documents.recommendation(users, mask=True)
         batch_reg_ids = torch.cat([batch_ids.flatten(), self.layout.item_tokens(target[masked])])
-        ids, length, target, masked = self.own_rows(shard, batch_ids, length, target, masked)
+        ids, length, target, masked = own_rows(shard, batch_ids, length, target, masked)
         weight = torch.where(masked, 1.0, self.visible_target_weight).masked_fill(target == 0, 0.0)
         ids = ids[:, : int(length.max())]
         features, head = self.item_head(self.head_input(ids, length))
@@ -541,14 +394,15 @@ class CLLM4Rec(GeneralRecommender):
         log_partition = ItemLogSumExp.apply(features, head, self.item_chunk_size)
         nll = weight.sum(dim=1) * log_partition - (weight * target_logits).sum(1)
         reg_ids = torch.cat([ids.flatten(), self.layout.item_tokens(target[masked])])
-        return nll.sum() / self.users_per_batch, self.mutual_regularization(reg_ids, "collaborative", batch_reg_ids)
+        return nll.sum() / users_per_batch, self.mutual_regularization(reg_ids, "collaborative", batch_reg_ids)
 
     # ------------------------------------------------------------------ RecBole API
     def calculate_loss(self, interaction):
         """RecBole's interface, for callers holding an interaction batch: the finetuning loss of its
-        users (the trainer packs users by tokens and calls ``recommendation_loss`` itself)."""
+        users, their mean (the trainer packs users by tokens and calls ``recommendation_loss`` itself)."""
         users = interaction[self.USER_ID].unique()
-        loss, reg = self.recommendation_loss(users[self.documents.history_len[users] > 0])
+        users = users[self.documents.history_len[users] > 0]
+        loss, reg = self.recommendation_loss(users, max(1.0, float(len(users))))
         return loss + reg
 
     def item_logits(self, head_input: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ With ``user_text_weight`` b > 0, each user's text features are extra columns of 
 Features are read from the same ``.item`` / ``.user`` columns as CLLM4Rec's ``item_text_template`` /
 ``user_text_template``: a column whose values are mostly comma-separated lists (Amazon's tags) gives
 one feature per entry, any other column one per lower-case word (ml-100k's title words, year,
-genres). On amazon-beauty-paper (``a`` 0.5, ``lambda`` 250, chosen on validation) it ranks +4 / +6 / +5 %
-above EASE on test Recall@20 / Recall@40 / NDCG@100 (``docs/results.md``).
+genres). The text rows are what it adds to EASE; how much, on which datasets and with which
+weights (chosen on validation): ``docs/results.md``.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_cllm4rec.corpus import field_values, template_fields
-from recbole_cllm4rec.validation import Rule, check_config_values
+from recbole_cllm4rec.config_rules import Rule, check_config_values
+from recbole_cllm4rec.data_files import field_values, template_fields
 
 logger = logging.getLogger(__name__)
 

@@ -1,27 +1,20 @@
-"""Checks that stop a run before any work when its input would give a silently wrong result.
+"""Config rules: what each key accepts, refused early with one line naming the key and what it must be.
 
-Each problem ends in one line naming the file, key or value and what to do about it:
-
-- config keys: a value of the wrong type or range is refused (``Rule``); a key no part of RecBole or
-  the plugin reads is a warning with the closest known key (a typo would otherwise be ignored);
-- atomic files: rows whose field count differs from the header (a raw tab or newline inside a text
-  field shifts columns and adds phantom rows), empty interaction files, and duplicate (user, item)
-  pairs, which are counted and removed (``rm_dup_inter``, ``first`` unless set), or refused where
-  removing them would scramble a pre-split dataset.
+A value of the wrong type or range is refused (``Rule``); a renamed key or a retired research option
+is refused with what to use instead; a key no part of RecBole or the plugin reads is a warning with
+the closest known key (a typo would otherwise be ignored); a config file that is missing or not
+YAML, and a ``.hyper`` search space RecBole would misread, are refused before any work.
 """
 from __future__ import annotations
 
 import ast
 import difflib
 import functools
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -174,114 +167,6 @@ def unknown_key_warnings(config, properties_dir: str | Path, model_keys=()) -> l
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             warnings.append(f"unknown config key {key!r}{hint}: nothing reads it, it is ignored")
     return warnings
-
-
-# ---------------------------------------------------------------------- atomic files
-def check_atomic_file(path: Path, separator: str = "\t", key_fields: tuple[str, ...] = ()) -> list[tuple[bytes, ...]]:
-    """Refuse a file whose rows do not match its header's field count, in one pass over its bytes.
-
-    Returns one tuple per non-blank row: the raw values of ``key_fields`` (empty if the header lacks
-    one of them), for counting duplicates without reading the file again.
-    """
-    sep = separator.encode()
-    with open(path, "rb") as f:
-        header = f.readline().rstrip(b"\r\n")
-        if not header.strip():
-            raise ValueError(f"{path} is empty: an atomic file starts with a header line of field:type columns")
-        if header.startswith(b"\xef\xbb\xbf"):
-            raise ValueError(f"{path} starts with a UTF-8 byte-order mark, which RecBole reads as part of its first "
-                             "field's name: save the file without the BOM")
-        check_utf8(path, 1, header)
-        names = [column.split(b":")[0].decode("utf-8", "replace") for column in header.split(sep)]
-        columns = [names.index(k) for k in key_fields] if all(k in names for k in key_fields) else []
-        bad, keys = [], []
-        for line_no, line in enumerate(f, 2):
-            line = line.rstrip(b"\r\n")
-            if not line.strip():
-                continue
-            check_utf8(path, line_no, line)
-            values = line.split(sep)
-            if len(values) != len(names):
-                bad.append(f"line {line_no} has {len(values)}")
-            else:
-                keys.append(tuple(values[c] for c in columns))
-    if bad:
-        raise ValueError(
-            f"{path}: {len(bad)} row(s) do not have the header's {len(names)} fields ({'; '.join(bad[:3])}"
-            f"{'; ...' if len(bad) > 3 else ''}): a raw tab or newline inside a text field? "
-            r"Write them as \t and \n (CLLM4Rec turns them back)."
-        )
-    return keys
-
-
-def check_utf8(path: Path, line_no: int, line: bytes) -> None:
-    """Refuse a line that is not UTF-8, naming the file, the line and the first bad bytes."""
-    if line.isascii():  # most lines of most files: no decoding needed
-        return
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"{path}: line {line_no} is not UTF-8 text (column {exc.start + 1}: {line[exc.start : exc.start + 4]!r}): "
-            "save the file as UTF-8"
-        ) from None
-
-
-def check_dataset_files(config) -> None:
-    """Validate the dataset's atomic files before RecBole reads them (see the module docstring).
-
-    Pre-split datasets (``benchmark_filename``) are cut apart by row counts after RecBole's
-    filtering, so any row RecBole drops or reorders there mixes the parts: duplicates are refused
-    and ``rm_dup_inter`` is turned off (with a line in the log) for them.
-    """
-    folder = Path(config["data_path"])
-    name = config["dataset"]
-    separator = config["field_separator"] or "\t"
-    benchmark = config["benchmark_filename"]
-    inter_files = [folder / f"{name}.{part}.inter" for part in benchmark] if benchmark else [folder / f"{name}.inter"]
-    pairs = []
-    for path in inter_files:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist (dataset {name!r} under data_path {folder.parent})")
-        rows = check_atomic_file(path, separator, (config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]))
-        if not rows:
-            raise ValueError(f"{path} has a header but no interactions")
-        pairs += [row for row in rows if row]
-    for suffix in ("item", "user", "review"):
-        path = folder / f"{name}.{suffix}"
-        if path.is_file():
-            check_atomic_file(path, separator)
-
-    duplicates = len(pairs) - len(set(pairs))
-    if benchmark:
-        if duplicates:
-            raise ValueError(
-                f"{duplicates} (user, item) pair(s) occur more than once across {name}.{{{','.join(benchmark)}}}.inter: "
-                "a test pair also in training is masked at test and can never be recommended. Remove the duplicates "
-                "from the files (RecBole cannot: it would mix the parts)."
-            )
-        if config["rm_dup_inter"] is not None:
-            logger.info("benchmark files hold no duplicate pairs: rm_dup_inter off (RecBole would reorder the rows before cutting the parts)")
-            config["rm_dup_inter"] = None
-    elif duplicates:
-        if config["rm_dup_inter"] is None:  # not set: keep the first of each (the earliest, with timestamps)
-            config["rm_dup_inter"] = "first"
-        logger.warning(
-            f"{name}.inter: {duplicates} duplicate (user, item) pair(s) removed, the {config['rm_dup_inter']} of "
-            "each kept (rm_dup_inter): otherwise the split could put a pair in training and test"
-        )
-
-
-def check_benchmark_rows(dataset) -> None:
-    """A pre-split dataset is cut apart by its files' row counts after filtering: refuse any drop."""
-    sizes = getattr(dataset, "file_size_list", None)
-    if dataset.benchmark_filename_list and sizes and sum(sizes) != len(dataset.inter_feat):
-        raise ValueError(
-            f"RecBole's filters dropped {sum(sizes) - len(dataset.inter_feat)} of {sum(sizes)} interactions of the "
-            "pre-split benchmark files, which are cut apart by row counts: the parts would be mixed. Turn the "
-            "filters off for this dataset (user_inter_num_interval, item_inter_num_interval, val_interval, "
-            "filter_inter_by_user_or_item) or filter the files themselves."
-        )
 
 
 # ---------------------------------------------------------------------- search spaces
