@@ -14,14 +14,14 @@ the layers), both (the model). Prints Markdown; ``--out`` writes it too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import recbole_cllm4rec  # noqa: E402,F401
+from recbole_cllm4rec.quick_start import load_data_and_model
+from recbole_cllm4rec.registry import Config
 
 
 def top_k_hits(model, users: torch.Tensor, seen: list[set], truth: list[set], k: int, batch: int) -> torch.Tensor:
@@ -42,6 +42,76 @@ def top_k_hits(model, users: torch.Tensor, seen: list[set], truth: list[set], k:
     return hits
 
 
+def by_user(dataset) -> list[set]:
+    """Each user's items in a RecBole dataset."""
+    sets = [set() for _ in range(dataset.user_num)]
+    feat = dataset.inter_feat
+    for u, i in zip(feat[dataset.uid_field].tolist(), feat[dataset.iid_field].tolist()):
+        sets[u].add(i)
+    return sets
+
+
+def by_history_length(recall: dict[str, torch.Tensor], n_train: torch.Tensor, n_test: torch.Tensor, k: int) -> list[str]:
+    """Mean Recall@k of each model per quartile of the users' number of training items."""
+    edges = torch.quantile(n_train.float(), torch.tensor([0.25, 0.5, 0.75])).round().long().tolist()
+    bounds = [0] + edges + [int(n_train.max())]
+    lines = [f"Test Recall@{k} by the user's number of training items ({len(n_train)} test users)", "",
+             "| training items | users | test items | CLLM4Rec | EASE | CLLM4Rec / EASE |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        group = (n_train > low) & (n_train <= high)
+        if group.any():
+            c, e = recall["CLLM4Rec"][group].mean().item(), recall["EASE"][group].mean().item()
+            lines.append(f"| {low + 1}-{high} | {int(group.sum())} | {int(n_test[group].sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
+    return lines
+
+
+def by_popularity(hits: dict[str, torch.Tensor], users: torch.Tensor, train_sets: list[set], test_sets: list[set], k: int) -> list[str]:
+    """Each model's share of test interactions in its top k, per third of the training interactions
+    (the most popular items first)."""
+    n_items = hits["CLLM4Rec"].shape[1]
+    popularity = torch.zeros(n_items)
+    for items in train_sets:
+        popularity[list(items)] += 1
+    order = popularity.argsort(descending=True)
+    share = popularity[order].cumsum(0) / popularity.sum()
+    bucket = torch.empty(n_items, dtype=torch.long)
+    bucket[order] = (share > 1 / 3).long() + (share > 2 / 3).long()
+    test_pairs = [(row, i) for row, u in enumerate(users.tolist()) for i in test_sets[u]]
+    rows = torch.tensor([r for r, _ in test_pairs])
+    items = torch.tensor([i for _, i in test_pairs])
+    lines = ["", f"Share of test interactions in the top {k}, by the item's training popularity", "",
+             "| items | training interactions | test interactions | CLLM4Rec | EASE | CLLM4Rec / EASE |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for b, name in enumerate(["head (first third of interactions)", "middle third", "tail (last third)"]):
+        mine = bucket[items] == b
+        c, e = (hits[m][rows[mine], items[mine]].float().mean().item() for m in ("CLLM4Rec", "EASE"))
+        n_b = int((bucket[1:] == b).sum())
+        lines.append(f"| {name}: {n_b} items | {int(popularity[bucket == b].sum())} | {int(mine.sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
+    return lines
+
+
+@contextlib.contextmanager
+def head_reading(model, part: int):
+    """The model scoring with one of the two terms its item head sums (0: the layers' states, 1: the skip)."""
+    model.head_input = lambda ids, length: model.head_input_parts(ids, length)[part]
+    try:
+        yield
+    finally:
+        del model.head_input  # the class's own again
+
+
+def by_head_part(model, users, seen, test_sets, n_test: torch.Tensor, recall: torch.Tensor, args) -> list[str]:
+    """Recall@k of each part of what the item head reads, alone, beside the model's."""
+    lines = ["", f"Test Recall@{args.k} of each part of what the item head reads (item bias kept)", "",
+             "| the head reads | Recall@20 |", "|---|---|"]  # fmt: skip
+    names = (f"the layers' pooled states (x {model.readout_state_weight:g})", f"the skip alone (w {model.readout_skip:g})")
+    for part, name in enumerate(names):
+        with head_reading(model, part):
+            hits = top_k_hits(model, users, seen, test_sets, args.k, args.batch)
+        lines.append(f"| {name} | {(hits.sum(1) / n_test).mean():.4f} |")
+    return lines + [f"| both (the model) | {recall.mean():.4f} |"]
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -50,71 +120,23 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-
     from recbole.model.general_recommender import EASE
-
-    from recbole_cllm4rec.quick_start import load_data_and_model
-    from recbole_cllm4rec.registry import Config
 
     config, model, _, train, valid, test = load_data_and_model(args.checkpoint)
     ease_config = Config(model="EASE", dataset=config["dataset"],
                          config_dict={"data_path": os.path.dirname(config["data_path"]), "reg_weight": args.ease_reg_weight})  # fmt: skip
     ease = EASE(ease_config, train.dataset)  # fits in its constructor, on this split's training interactions
-
-    def by_user(dataset) -> list[set]:
-        sets = [set() for _ in range(dataset.user_num)]
-        feat = dataset.inter_feat
-        for u, i in zip(feat[dataset.uid_field].tolist(), feat[dataset.iid_field].tolist()):
-            sets[u].add(i)
-        return sets
-
     train_sets, valid_sets, test_sets = by_user(train.dataset), by_user(valid.dataset), by_user(test.dataset)
     seen = [a | b for a, b in zip(train_sets, valid_sets)]
     users = torch.tensor([u for u in range(len(test_sets)) if test_sets[u]])
     hits = {name: top_k_hits(m, users, seen, test_sets, args.k, args.batch) for name, m in (("CLLM4Rec", model), ("EASE", ease))}
-
     n_train = torch.tensor([len(train_sets[u]) for u in users.tolist()])
     n_test = torch.tensor([len(test_sets[u]) for u in users.tolist()], dtype=torch.float)
     recall = {name: h.sum(1) / n_test for name, h in hits.items()}
-    edges = torch.quantile(n_train.float(), torch.tensor([0.25, 0.5, 0.75])).round().long().tolist()
-    bounds = [0] + edges + [int(n_train.max())]
-    lines = [f"Test Recall@{args.k} by the user's number of training items ({len(users)} test users)", "",
-             "| training items | users | test items | CLLM4Rec | EASE | CLLM4Rec / EASE |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for low, high in zip(bounds[:-1], bounds[1:]):
-        group = (n_train > low) & (n_train <= high)
-        if group.any():
-            c, e = recall["CLLM4Rec"][group].mean().item(), recall["EASE"][group].mean().item()
-            lines.append(f"| {low + 1}-{high} | {int(group.sum())} | {int(n_test[group].sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
-
-    popularity = torch.zeros(model.n_items)
-    for items in train_sets:
-        popularity[list(items)] += 1
-    order = popularity.argsort(descending=True)
-    share = popularity[order].cumsum(0) / popularity.sum()
-    bucket = torch.empty(model.n_items, dtype=torch.long)
-    bucket[order] = (share > 1 / 3).long() + (share > 2 / 3).long()
-    test_pairs = [(row, i) for row, u in enumerate(users.tolist()) for i in test_sets[u]]
-    rows = torch.tensor([r for r, _ in test_pairs])
-    items = torch.tensor([i for _, i in test_pairs])
-    lines += ["", f"Share of test interactions in the top {args.k}, by the item's training popularity", "",
-              "| items | training interactions | test interactions | CLLM4Rec | EASE | CLLM4Rec / EASE |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
-    for b, name in enumerate(["head (first third of interactions)", "middle third", "tail (last third)"]):
-        mine = bucket[items] == b
-        c, e = (hits[m][rows[mine], items[mine]].float().mean().item() for m in ("CLLM4Rec", "EASE"))
-        n_b = int((bucket[1:] == b).sum())
-        lines.append(f"| {name}: {n_b} items | {int(popularity[bucket == b].sum())} | {int(mine.sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
-    overall = f"overall: CLLM4Rec {recall['CLLM4Rec'].mean():.4f}, EASE {recall['EASE'].mean():.4f}"
-    lines += ["", overall]
+    lines = by_history_length(recall, n_train, n_test, args.k) + by_popularity(hits, users, train_sets, test_sets, args.k)
+    lines += ["", f"overall: CLLM4Rec {recall['CLLM4Rec'].mean():.4f}, EASE {recall['EASE'].mean():.4f}"]
     if model.readout_skip:
-        lines += ["", f"Test Recall@{args.k} of each part of what the item head reads (item bias kept)", "",
-                  "| the head reads | Recall@20 |", "|---|---|"]  # fmt: skip
-        names = (f"the layers' pooled states (x {model.readout_state_weight:g})", f"the skip alone (w {model.readout_skip:g})")
-        for part, name in enumerate(names):  # the model scoring with one of the two terms it sums
-            model.head_input = lambda ids, length, part=part: model.head_input_parts(ids, length)[part]
-            lines.append(f"| {name} | {(top_k_hits(model, users, seen, test_sets, args.k, args.batch).sum(1) / n_test).mean():.4f} |")
-        del model.head_input  # the class's own again
-        lines.append(f"| both (the model) | {recall['CLLM4Rec'].mean():.4f} |")
+        lines += by_head_part(model, users, seen, test_sets, n_test, recall["CLLM4Rec"], args)
     text = "\n".join(lines)
     print(text)
     if args.out:

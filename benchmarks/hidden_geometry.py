@@ -10,30 +10,16 @@ moves the state (what the item head has to work with).
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import torch
+from common import parser, split
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import recbole_cllm4rec  # noqa: E402,F401
-from recbole_cllm4rec.comparison import markdown_table  # noqa: E402
-from recbole_cllm4rec.registry import Config  # noqa: E402
+from recbole_cllm4rec.comparison import markdown_table
+from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
 
 
 def measure(dataset: str, layers: int | None, n_users: int, extra: dict, pretrained: bool = True) -> list:
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
-
-    from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
-
-    config = Config(
-        model="CLLM4Rec", dataset=dataset,
-        config_dict={"llm_layers": layers, "content_layers": layers, "llm_pretrained": pretrained, "state": "WARNING", **extra},
-    )
-    init_seed(config["seed"], config["reproducibility"])
-    train, _, _ = data_preparation(config, create_dataset(config))
+    config_dict = {"llm_layers": layers, "content_layers": layers, "llm_pretrained": pretrained, "state": "WARNING", **extra}
+    config, train, _, _ = split(dataset, config_dict)
     model = CLLM4Rec(config, train.dataset).eval()
     users = torch.nonzero(model.documents.history_len > 0).squeeze(1)[:n_users]
     with torch.no_grad():
@@ -61,13 +47,11 @@ def measure(dataset: str, layers: int | None, n_users: int, extra: dict, pretrai
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data_path", default=None)
-    parser.add_argument("--layers", default="4,30", help="comma-separated llm_layers values")
-    parser.add_argument("--users", type=int, default=64)
-    parser.add_argument("--random", action="store_true", help="also the same backbones with random weights")
-    args = parser.parse_args(argv)
+    command = parser(__doc__)
+    command.add_argument("--layers", default="4,30", help="comma-separated llm_layers values")
+    command.add_argument("--users", type=int, default=64)
+    command.add_argument("--random", action="store_true", help="also the same backbones with random weights")
+    args = command.parse_args(argv)
     extra = {"data_path": args.data_path} if args.data_path else {}
     weights = [True, False] if args.random else [True]
     rows = [measure(args.dataset, int(n), args.users, extra, w) for n in args.layers.split(",") for w in weights]

@@ -3,6 +3,7 @@
     python benchmarks/quick_loop.py readout=mean                  # one configuration (key=value, yaml)
     python benchmarks/quick_loop.py readout=mean --epochs=15 --dataset=amazon-beauty-paper \\
         --data_path=../shared/datasets
+    python benchmarks/quick_loop.py --model=CLLM4RecWordsStart          # a registered subclass
 
 Prints validation Recall@20 after every finetuning epoch (the curve a change must beat) and the test
 metrics of the best epoch, and appends one line to ``<work>/curves.tsv``. Finished runs are stored
@@ -11,15 +12,10 @@ so two runs share a 2-core machine.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
-import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce import run_once  # noqa: E402
+from common import config_dict, parser, run_once
 
 QUICK = {"llm_layers": 4, "content_warmup_epochs": 0, "pretrain_epochs": 0, "lambda_c": 0.0,
          "metrics": ["Recall", "NDCG"], "topk": [20, 40, 100], "valid_metric": "Recall@20",
@@ -27,24 +23,18 @@ QUICK = {"llm_layers": 4, "content_warmup_epochs": 0, "pretrain_epochs": 0, "lam
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("settings", nargs="*", help="key=value (yaml) over the quick-loop configuration")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data_path", default=None)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--work", default="results/quick")
-    args = parser.parse_args(argv)
+    command = parser(__doc__, over="the quick-loop configuration")
+    command.add_argument("--model", default="CLLM4Rec", help="CLLM4Rec or a registered subclass (CLLM4RecWordsStart)")
+    command.add_argument("--epochs", type=int, default=6)
+    command.add_argument("--threads", type=int, default=1)
+    command.add_argument("--work", default="results/quick")
+    args = command.parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.settings)}
-    config = {**QUICK, "epochs": args.epochs, **settings}
-    if args.data_path:
-        config["data_path"] = args.data_path
     work = Path(args.work) / args.dataset
-    result = run_once("CLLM4Rec", args.dataset, config, work)
+    result = run_once(args.model, args.model, args.dataset, config_dict(args, **QUICK, epochs=args.epochs), work)
     curve = [round(float(h.get("recall@20", float("nan"))), 4) for h in result["valid_history"]]
     test = result["test_result"]
-    name = " ".join(args.settings) or "baseline"
+    name = " ".join(([f"--model={args.model}"] if args.model != "CLLM4Rec" else []) + args.settings) or "baseline"
     line = "\t".join([name, str(args.epochs), " ".join(map(str, curve))]
                      + [str(round(test.get(m, float("nan")), 4)) for m in ("recall@20", "recall@40", "ndcg@100")]
                      + [f"{result['train_time']:.0f}"])  # fmt: skip

@@ -12,7 +12,7 @@ CLLM4Rec's schedule is the ``--recipe`` (``main``: the yaml's, sized for a 2-cor
 paper's; ``long``: the paper's cut to a 2-core CPU; ``cpu``: longer finetuning; ``ablation``;
 ``tiny``: seconds, for tests), or per row
 ``MODEL@RECIPE``; its configuration is a ``VARIANTS`` name (``CLLM4Rec`` = the yaml defaults,
-``CLLM4Rec-paper``, ablations). ``--keep`` copies rows of the earlier table. CUDA is used when present.
+``CLLM4Rec-paper``, ablations: settings, or a registered subclass such as ``CLLM4RecWordsStart``). ``--keep`` copies rows of the earlier table. CUDA is used when present.
 
 Each finished (model, configuration) is stored under ``--work`` as JSON and skipped when the script
 is rerun; CLLM4Rec resumes from its last completed epoch. The table goes to stdout and, with
@@ -24,28 +24,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 import yaml
+from common import machine, run_once, settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import recbole_cllm4rec  # noqa: E402,F401
-from recbole_cllm4rec.comparison import markdown_table  # noqa: E402
-from recbole_cllm4rec.quick_start import run_model  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sparse_anchor  # noqa: E402
-import stage_anchor  # noqa: E402
-import text_start  # noqa: E402
-
-text_start.install()  # inert unless a row sets text_start_source: words
-sparse_anchor.install()  # inert unless a row sets mutual_reg_sparsity
-stage_anchor.install()  # inert unless a row sets finetune_lambda_c
+from recbole_cllm4rec.comparison import markdown_table
+from recbole_cllm4rec.registry import PROPERTIES_DIR
 
 BASELINES = ["Pop", "ItemKNN", "BPR", "MultiVAE", "MultiDAE", "RecVAE", "LightGCN", "EASE", "EASEText"]
 SWEEPS: dict[str, list[dict]] = {
@@ -60,9 +48,7 @@ SWEEPS: dict[str, list[dict]] = {
 CAPS: dict[str, dict] = {"RecVAE": {"epochs": 50}, "LightGCN": {"epochs": 100}}
 # The paper's configuration (properties/presets/CLLM4Rec-paper.yaml): its schedule keys are the
 # `gpu` recipe, the rest is the CLLM4Rec-paper variant.
-PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
-DEFAULTS = PROPERTIES / "CLLM4Rec.yaml"
-PAPER_PRESET = yaml.safe_load((PROPERTIES / "presets" / "CLLM4Rec-paper.yaml").read_text())
+PAPER_PRESET = yaml.safe_load((PROPERTIES_DIR / "presets" / "CLLM4Rec-paper.yaml").read_text())
 SCHEDULE = ("content_warmup_epochs", "pretrain_epochs", "pretrain_learning_rate", "epochs", "learning_rate",
             "finetune_content", "stopping_step")
 RECIPES: dict[str, dict] = {
@@ -84,10 +70,11 @@ RECIPES: dict[str, dict] = {
     "tiny": {"llm": "tiny-random", "content_warmup_epochs": 1, "pretrain_epochs": 1, "epochs": 1,
              "train_batch_tokens": 256},
 }  # fmt: skip
-# CLLM4Rec configurations, layered on the recipe. "CLLM4Rec" is exactly `--model=CLLM4Rec` (the yaml
+# CLLM4Rec configurations, layered on the recipe: the rows of the published tables
+# (docs/results.md says what each showed). "CLLM4Rec" is exactly `--model=CLLM4Rec` (the yaml
 # defaults, the recommended configuration); "CLLM4Rec-paper" is the paper's model as its public code
-# trains it (the preset's model keys); the others are named ablations of the defaults
-# (docs/results.md says what each showed).
+# trains it (the preset's model keys); the others are named ablations of the defaults. "model" names
+# the registered model of a row that is a subclass (recbole_cllm4rec/model/ablations.py).
 PAPER = {k: v for k, v in PAPER_PRESET.items() if k not in SCHEDULE}
 VARIANTS: dict[str, dict] = {
     "CLLM4Rec": {},
@@ -96,7 +83,6 @@ VARIANTS: dict[str, dict] = {
     # content LM reads all 30)
     "CLLM4Rec-paper-4-layers": {**PAPER, "llm_layers": 4, "content_layers": None},
     "CLLM4Rec-no-reg": {"lambda_c": 0.0},
-    "CLLM4Rec-sum-reg": {"mutual_reg_reduction": "sum"},
     # what the text and the language model bring (issue rows): no content documents; the layers'
     # states out of the item head (the ID path alone, same training); random backbone weights
     "CLLM4Rec-no-text": {"item_text_template": None, "user_text_template": None},
@@ -106,40 +92,22 @@ VARIANTS: dict[str, dict] = {
     # anchor then pulls toward the start)
     "CLLM4Rec-no-content-LM": {"content_warmup_epochs": 0, "pretrain_epochs": 0},
     "CLLM4Rec-masked-target": {"visible_target_weight": 0.0},
-    "CLLM4Rec-random-init": {"item_init": "random"},
-    "CLLM4Rec-last-token": {"readout": "last", "readout_skip": 0.0},
-    "CLLM4Rec-no-skip": {"readout_skip": 0.0},
     "CLLM4Rec-dropout": {"llm_dropout": 0.1},
-    "CLLM4Rec-no-pretraining": {"content_warmup_epochs": 0, "pretrain_epochs": 0, "lambda_c": 0.0},
     "CLLM4Rec-mask-0.5": {"mask_ratio": 0.5},
     # the text start (text_start_dims, the defaults) against the SVD alone, and its ablation: the bag
-    # of the text's word embeddings in place of the layers' states (benchmarks/text_start.py's hook)
+    # of the text's word embeddings in place of the layers' states
     "CLLM4Rec-svd-start": {"text_start_dims": 0},
-    "CLLM4Rec-words-start": {"text_start_source": "words"},
+    "CLLM4Rec-words-start": {"model": "CLLM4RecWordsStart"},
     # the issue rows for the SVD start (the defaults before the text start)
     "CLLM4Rec-svd-start-no-LM": {"text_start_dims": 0, "readout_state_weight": 0.0},
     "CLLM4Rec-svd-start-random-LM": {"text_start_dims": 0, "llm_pretrained": False},
-    # tried, not promoted: mutual regularization weighted up for sparse users and items (benchmarks/sparse_anchor.py)
-    "CLLM4Rec-sparse-anchor": {"mutual_reg_sparsity": 0.5},
     # a looser anchor: amazon-beauty-paper's dataset preset since it won there; elsewhere an ablation
     "CLLM4Rec-lambda-300": {"lambda_c": 300.0},
-    # tried, not promoted: lambda_c per stage, the tie of pretraining tighter than the anchor of finetuning
-    # (benchmarks/stage_anchor.py)
-    "CLLM4Rec-stage-anchor": {"lambda_c": 1000.0, "finetune_lambda_c": 300.0},
 }  # fmt: skip
 METRICS = ["recall@20", "recall@40", "ndcg@100", "paperrecall@20", "paperrecall@40"]
-
-
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or "CPU"
-    threads = torch.get_num_threads()
-    return f"{cpu}, {threads} thread{'s' if threads > 1 else ''} per run"
+HEADER = ["model"] + METRICS + ["valid recall@20", "train time (s)", "eval time (s)", "stages (s)", "configuration", "split"]
+COMMON = {"metrics": ["Recall", "NDCG", "PaperRecall"], "topk": [20, 40, 100], "valid_metric": "Recall@20",
+          "show_progress": False, "use_gpu": torch.cuda.is_available()}  # fmt: skip
 
 
 def plot(dataset: str, bests: list[tuple[str, dict]], path: Path) -> None:
@@ -191,32 +159,53 @@ def kept_rows(args, header: list[str]) -> list[tuple[str, list[str]]]:
     return [(m, by_model[m]) for m in keep]
 
 
-def run_once(model: str, dataset: str, config: dict, work: Path) -> dict:
-    """One (model, configuration); loaded from ``work`` if it finished before."""
-    settings = {k: v for k, v in config.items() if k != "data_path"}
-    if model.startswith("CLLM4Rec"):  # a changed yaml default is a new configuration
-        settings["defaults"] = hashlib.sha1(DEFAULTS.read_bytes()).hexdigest()
-    dataset_yaml = PROPERTIES / "dataset" / f"{dataset}.yaml"  # the dataset's presets, every model's too
-    if dataset_yaml.is_file():
-        settings["dataset_defaults"] = hashlib.sha1(dataset_yaml.read_bytes()).hexdigest()
-    settings = json.dumps(settings, sort_keys=True, default=str)
-    key = f"{model}-{hashlib.sha1(settings.encode()).hexdigest()[:10]}"
-    path = work / f"{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    if model.startswith("CLLM4Rec"):
-        checkpoints = work / "saved" / key
-        config = {**config, "checkpoint_dir": str(checkpoints)}
-        if list(checkpoints.glob("CLLM4Rec-*-last.pth")):
-            config["resume"] = True
-    result = run_model(model.split("-")[0], dataset, config_dict=config)
-    result["config"] = {k: v for k, v in config.items() if k != "checkpoint_dir"}
-    work.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, default=str, indent=1))
-    return result
+def row_runs(row: str, recipe: str, no_sweep: bool) -> tuple[str, list[dict]]:
+    """The model of a table row and its configurations: a CLLM4Rec variant under ``recipe``, or a
+    baseline's sweep (``no_sweep``: RecBole's defaults) under its cap."""
+    if not row.startswith("CLLM4Rec"):
+        return row, [{**CAPS.get(row, {}), **v} for v in ([{}] if no_sweep else SWEEPS.get(row, [{}]))]
+    if row not in VARIANTS:
+        raise SystemExit(f"unknown CLLM4Rec variant {row!r}: one of {', '.join(VARIANTS)}")
+    if recipe not in RECIPES:
+        raise SystemExit(f"unknown recipe {recipe!r}: one of {', '.join(RECIPES)}")
+    variant = dict(VARIANTS[row])
+    return variant.pop("model", "CLLM4Rec"), [{**RECIPES[recipe], **variant}]
 
 
-def main(argv: list[str] | None = None) -> list[list]:
+def table_row(row: str, recipe: str, best: dict) -> list:
+    """A row of the table: ``best``'s test metrics, its validation Recall@20, times and configuration."""
+    choice = {k: v for k, v in best["config"].items() if k not in COMMON and k != "data_path"}
+    configuration = json.dumps(choice) if choice else "defaults"
+    return (
+        [row]
+        + [best["test_result"].get(m) for m in METRICS]
+        + [best["best_valid_result"].get("recall@20"), round(best["train_time"], 1), round(best["eval_time"], 1)]
+        + [", ".join(f"{stage} {seconds:.0f}" for stage, seconds in best.get("stage_seconds", {}).items())]
+        + [(f"recipe {recipe}: " if row.startswith("CLLM4Rec") else "") + configuration, best["split"]]
+    )
+
+
+def hardware() -> str:
+    return f"{machine()}{'' if torch.cuda.is_available() else ' per run'}"
+
+
+def write_table(args, command: str, rows: list[list], bests: list[tuple[str, dict]], hardware_of: dict) -> None:
+    """``<out>/<dataset>.md``, ``.csv`` (with each row's hardware) and ``.png``; the table to stdout."""
+    table = markdown_table(HEADER, rows)
+    title = f"{args.dataset}, test set, full ranking; {hardware()}, torch {torch.__version__}"
+    print(f"\n{title}\n\n{table}")
+    if not args.out:
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.dataset}.md").write_text(f"## {title}\n\n`{command}`\n\n{table}\n")
+    with open(out / f"{args.dataset}.csv", "w", newline="") as f:
+        rows = [HEADER + ["hardware"]] + [row + [hardware_of.get(row[0], hardware())] for row in rows]
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    plot(args.dataset, bests, out / f"{args.dataset}.png")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="amazon-beauty-paper")
     parser.add_argument("--data_path", default=None)
@@ -227,63 +216,32 @@ def main(argv: list[str] | None = None) -> list[list]:
     parser.add_argument("--work", default="results/reproduce", help="finished runs and checkpoints (resume)")
     parser.add_argument("--out", default=None, help="write <dataset>.md and <dataset>.csv here")
     parser.add_argument("--keep", default="", help="models whose rows are copied from <out>/<dataset>.csv, not rerun")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    common = {
-        "metrics": ["Recall", "NDCG", "PaperRecall"],
-        "topk": [20, 40, 100],
-        "valid_metric": "Recall@20",
-        "show_progress": False,
-        "use_gpu": torch.cuda.is_available(),
-    }
-    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.config)}
-    if args.data_path:
-        common["data_path"] = args.data_path
+
+def main(argv: list[str] | None = None) -> list[list]:
+    args = parse(argv)
+    base = {**COMMON, **({"data_path": args.data_path} if args.data_path else {})}
+    overrides = settings(args.config)
     work = Path(args.work) / args.dataset
-    header = ["model"] + METRICS + ["valid recall@20", "train time (s)", "eval time (s)", "stages (s)", "configuration", "split"]
     rows, bests = [], []
     hardware_of: dict[str, str] = {}  # kept rows keep the machine they were measured on
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        model, _, recipe = model.partition("@")  # CLLM4Rec-paper@main: another recipe for this row
-        if model.startswith("CLLM4Rec"):
-            if model not in VARIANTS:
-                raise SystemExit(f"unknown CLLM4Rec variant {model!r}: one of {', '.join(VARIANTS)}")
-            if (recipe or args.recipe) not in RECIPES:
-                raise SystemExit(f"unknown recipe {recipe!r}: one of {', '.join(RECIPES)}")
-            variants = [{**RECIPES[recipe or args.recipe], **VARIANTS[model]}]
-        else:
-            variants = [{}] if args.no_sweep else SWEEPS.get(model, [{}])
-            variants = [{**CAPS.get(model, {}), **v} for v in variants]
-        results = [run_once(model, args.dataset, {**common, **v, **overrides}, work) for v in variants]
+    for entry in [m.strip() for m in args.models.split(",") if m.strip()]:
+        row, _, recipe = entry.partition("@")  # CLLM4Rec-paper@main: another recipe for this row
+        model, configs = row_runs(row, recipe or args.recipe, args.no_sweep)
+        results = [run_once(row, model, args.dataset, {**base, **c, **overrides}, work) for c in configs]
         best = max(results, key=lambda r: r["best_valid_result"].get("recall@20", float("-inf")))
-        bests.append((model, best))
-        choice = {k: v for k, v in best["config"].items() if k not in common}
-        rows.append(
-            [model]
-            + [best["test_result"].get(m) for m in METRICS]
-            + [best["best_valid_result"].get("recall@20"), round(best["train_time"], 1), round(best["eval_time"], 1)]
-            + [", ".join(f"{stage} {seconds:.0f}" for stage, seconds in best.get("stage_seconds", {}).items())]
-            + [(f"recipe {recipe or args.recipe}: " if model.startswith("CLLM4Rec") else "")
-               + (json.dumps(choice) if choice else "defaults"), best["split"]]
-        )
-        print(model, rows[-1][1:], flush=True)
-    for model, row in kept_rows(args, header):
-        rows.append(row[: len(header)])
-        bests.append((model, {"test_result": {m: float(row[1 + k]) for k, m in enumerate(METRICS) if row[1 + k]}}))
-        hardware_of[model] = row[len(header)]
+        bests.append((row, best))
+        rows.append(table_row(row, recipe or args.recipe, best))
+        print(row, rows[-1][1:], flush=True)
+    for row, kept in kept_rows(args, HEADER):
+        rows.append(kept[: len(HEADER)])
+        bests.append((row, {"test_result": {m: float(kept[1 + k]) for k, m in enumerate(METRICS) if kept[1 + k]}}))
+        hardware_of[row] = kept[len(HEADER)]
     if len({row[-1] for row in rows}) > 1:
         raise RuntimeError("models saw different splits")
-    table = markdown_table(header, rows)
-    title = f"{args.dataset}, test set, full ranking; {hardware()}, torch {torch.__version__}"
-    print(f"\n{title}\n\n{table}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        command = "python benchmarks/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        (out / f"{args.dataset}.md").write_text(f"## {title}\n\n`{command}`\n\n{table}\n")
-        with open(out / f"{args.dataset}.csv", "w", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerows([header + ["hardware"]] + [row + [hardware_of.get(row[0], hardware())] for row in rows])
-        plot(args.dataset, bests, out / f"{args.dataset}.png")
+    command = "python benchmarks/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_table(args, command, rows, bests, hardware_of)
     return rows
 
 

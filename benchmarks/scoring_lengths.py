@@ -9,11 +9,9 @@ split and metrics. Prints one line per length.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import recbole_cllm4rec  # noqa: E402,F401
+from recbole_cllm4rec.quick_start import load_data_and_model
+from recbole_cllm4rec.registry import get_trainer
 
 
 def main(argv: list[str] | None = None) -> dict[int, dict]:
@@ -21,9 +19,6 @@ def main(argv: list[str] | None = None) -> dict[int, dict]:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--lengths", default="128,256,512")
     args = parser.parse_args(argv)
-
-    from recbole_cllm4rec.quick_start import load_data_and_model
-    from recbole_cllm4rec.registry import get_trainer
 
     config, model, _, _, valid, _ = load_data_and_model(args.checkpoint)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)

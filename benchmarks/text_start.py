@@ -1,67 +1,30 @@
 """The text start (``text_start_dims``, ``text_start_share``: the item tables start from the SVD plus
-the LM's reading of each item's text, ``CLLM4Rec.init_from_text``): its grid, and its ablation.
+the LM's reading of each item's text, ``CLLM4Rec.init_from_text``): its grid.
 
-    python benchmarks/text_start.py --dataset=ml-100k                          # the start alone
+    python benchmarks/text_start.py --dataset=ml-100k
     python benchmarks/text_start.py --dataset=amazon-beauty-paper --data_path=../shared/datasets
-    python benchmarks/text_start.py --dataset=ml-100k --train text_start_source=words
 
-Without ``--train``: validation Recall@20 of the start's tables alone (a history's mean item
-embedding . each item, training items masked; ``id_signal.py``'s quantity) for each (dims, share):
-whether the LM's reading adds item-item signal before any training. With ``--train``: the quick
-loop's finetuning-only run (``quick_loop.py``'s configuration and ``--work``), or any schedule given
-as ``key=value``.
-
-``install()`` adds the ablation, in this process only: ``text_start_source: words`` reads the bag of
-the text's input word embeddings instead of the layers' states (no layer: what the 30 layers add).
+Validation Recall@20 of the start's tables alone (a history's mean item embedding . each item,
+training items masked; ``id_signal.py``'s quantity) for each (dims, share): whether the LM's reading
+adds item-item signal before any training. Trained, the start is the yaml defaults
+(``quick_loop.py``, ``reproduce.py``); its ablation reads the bag of the text's input word
+embeddings instead of the layers' states, the registered model ``CLLM4RecWordsStart``
+(``quick_loop.py --model=CLLM4RecWordsStart``, ``reproduce.py``'s row ``CLLM4Rec-words-start``).
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
-import yaml
+from common import config_dict, interactions, parser, recall_at, split
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import recbole_cllm4rec  # noqa: E402,F401
-from id_signal import interactions, recall_at  # noqa: E402
-
-from recbole_cllm4rec.model.cllm4rec import CLLM4Rec  # noqa: E402
-from recbole_cllm4rec.model.starts import text_components, write_text_start  # noqa: E402
+from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
+from recbole_cllm4rec.model.starts import text_components, write_text_start
 
 
-def install() -> None:
-    """``text_start_source: words`` (the ablation), as a hook in this process only: the text start
-    reads the input word embeddings of the plain-word documents, no layer."""
-    init = CLLM4Rec.init_id_tables
-    if hasattr(init, "lm_source"):  # installed already
-        return
-
-    def init_id_tables(model: CLLM4Rec, config, start_tables: bool) -> None:
-        if config["text_start_source"] == "words":
-            model.text_states = lambda words, length: model.backbone.get_input_embeddings()(words).float()
-        init(model, config, start_tables)
-
-    init_id_tables.lm_source = init
-    CLLM4Rec.init_id_tables = init_id_tables
-
-
-def start_grid(dataset: str, data_path: str | None, dims: list[int], shares: list[float], settings: dict) -> str:
+def start_grid(dataset: str, config: dict, dims: list[int], shares: list[float]) -> str:
     """Validation Recall@20 of the start's tables alone, per (dims, share); the SVD alone first."""
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
-
-    from recbole_cllm4rec.registry import Config
-
-    config_dict = {"show_progress": False, "state": "WARNING", **settings, "text_start_dims": 0}  # the SVD, then each start
-    if data_path:
-        config_dict["data_path"] = data_path
-    config = Config(model="CLLM4Rec", dataset=dataset, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    train, valid, _ = data_preparation(config, create_dataset(config))
+    config = {"show_progress": False, "state": "WARNING", **config, "text_start_dims": 0}  # the SVD, then each start
+    config, train, valid, _ = split(dataset, config)
     X, V = interactions(train.dataset), interactions(valid.dataset)
     users = np.where(V.sum(1) > 0)[0]
     model = CLLM4Rec(config, train.dataset).eval()
@@ -89,28 +52,15 @@ def start_grid(dataset: str, data_path: str | None, dims: list[int], shares: lis
     return text
 
 
-def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("settings", nargs="*", help="key=value (yaml) over the yaml defaults / the quick loop")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data_path", default=None)
-    parser.add_argument("--dims", default="64,256")
-    parser.add_argument("--shares", default="0.1,0.2,0.3")
-    parser.add_argument("--train", action="store_true", help="train the variant (quick loop) instead")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--work", default="results/quick")
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> str:
+    command = parser(__doc__, over="the yaml defaults")
+    command.add_argument("--dims", default="64,256")
+    command.add_argument("--shares", default="0.1,0.2,0.3")
+    command.add_argument("--threads", type=int, default=1)
+    args = command.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.train:
-        import quick_loop
-
-        install()
-        rest = ["--dataset", args.dataset, "--epochs", str(args.epochs), "--threads", str(args.threads), "--work", args.work]
-        return quick_loop.main(args.settings + rest + (["--data_path", args.data_path] if args.data_path else []))
-    settings = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.settings)}
     dims, shares = [int(d) for d in args.dims.split(",")], [float(s) for s in args.shares.split(",")]
-    return start_grid(args.dataset, args.data_path, dims, shares, settings)
+    return start_grid(args.dataset, config_dict(args), dims, shares)
 
 
 if __name__ == "__main__":

@@ -19,21 +19,14 @@ the tags, the text's signal survives the LM's reading. Validation only (a diagno
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 from time import time
 
 import numpy as np
 import torch
-import yaml
+from common import config_dict, interactions, parser, recall_at, split
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import recbole_cllm4rec  # noqa: E402,F401
-from id_signal import interactions, recall_at  # noqa: E402
-
-from recbole_cllm4rec.model.adapters import cpu_has_native_bf16  # noqa: E402
+from recbole_cllm4rec.model.adapters import cpu_has_native_bf16
 
 
 @torch.no_grad()
@@ -84,40 +77,17 @@ def ease_scores(train: np.ndarray, gram_text: np.ndarray | None, weight: float, 
     return train @ similarity.astype(np.float32)
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("settings", nargs="*", help="key=value (yaml) over the yaml defaults (llm, item_text_template, ...)")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data_path", default=None)
-    parser.add_argument("--reg", default="100,250,500", help="EASE lambda values")
-    parser.add_argument("--weights", default="0.5,1,2,4,8", help="text weights a")
-    parser.add_argument("--depths", default="4,30", help="LM depths whose states are features")
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
-
+def feature_grams(config, train, depths: list[int]) -> tuple[dict[str, np.ndarray], str, int, float]:
+    """``({source: F F^T}, prompt, depths, seconds)``: each source's unit-row item features (word
+    embeddings, LM states per depth, EASEText's tags), as Gram matrices; the LM's reading timed."""
     from recbole_cllm4rec.backbone import load_backbone
     from recbole_cllm4rec.data_files import field_texts
     from recbole_cllm4rec.model.easetext import text_features
-    from recbole_cllm4rec.registry import Config
 
-    settings = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.settings)}
-    config_dict = {"state": "WARNING", "show_progress": False, **settings}
-    if args.data_path:
-        config_dict["data_path"] = args.data_path
-    config = Config(model="CLLM4Rec", dataset=args.dataset, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    train, valid, _ = data_preparation(config, create_dataset(config))
-    seen, truth = interactions(train.dataset), interactions(valid.dataset)
-    users = truth.sum(1) > 0
     template = config["item_text_template"]
     texts = field_texts(train.dataset, "item", template)
     backbone, tokenizer = load_backbone(config["llm"], config["llm_cache_dir"])
-    depths = [min(int(d), backbone.config.num_hidden_layers) for d in args.depths.split(",")]
+    depths = [min(d, backbone.config.num_hidden_layers) for d in depths]
     start = time()
     prompt = config["item_prompt"].replace("{item}", "item")
     states = text_states(backbone, tokenizer, prompt, texts, depths)
@@ -128,23 +98,39 @@ def main(argv: list[str] | None = None) -> str:
     grams = {name: f @ f.T for name, f in units.items()}
     tags = text_features(train.dataset, "item", template).toarray().astype(np.float32)
     grams["tags and words (EASEText's features)"] = tags @ tags.T
+    return grams, prompt, len([t for t in texts if t]), seconds
 
-    regs = [float(r) for r in args.reg.split(",")]
-    weights = [float(a) for a in args.weights.split(",")]
+
+def main(argv: list[str] | None = None) -> str:
+    command = parser(__doc__, over="the yaml defaults (llm, item_text_template, ...)")
+    command.add_argument("--reg", default="100,250,500", help="EASE lambda values")
+    command.add_argument("--weights", default="0.5,1,2,4,8", help="text weights a")
+    command.add_argument("--depths", default="4,30", help="LM depths whose states are features")
+    command.add_argument("--threads", type=int, default=0)
+    args = command.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config, train, valid, _ = split(args.dataset, config_dict(args, state="WARNING", show_progress=False))
+    seen, truth = interactions(train.dataset), interactions(valid.dataset)
+    users = truth.sum(1) > 0
+    grams, prompt, n_texts, seconds = feature_grams(config, train, [int(d) for d in args.depths.split(",")])
+    regs, weights = [float(r) for r in args.reg.split(",")], [float(a) for a in args.weights.split(",")]
+
+    def recall(gram, weight: float, reg: float) -> float:
+        return recall_at(ease_scores(seen, gram, weight, reg)[users], seen[users], truth[users])
+
     lines = [
-        f"### {args.dataset}: EASE with item-text features, validation Recall@20",
-        "",
+        f"### {args.dataset}: EASE with item-text features, validation Recall@20", "",
         f"`python benchmarks/text_states.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
-        f"{len([t for t in texts if t])} item texts read in {seconds:.0f} s; prompt `{prompt}`",
-        "",
+        f"{n_texts} item texts read in {seconds:.0f} s; prompt `{prompt}`", "",
         "| features | " + " | ".join(f"a={a:g}" for a in weights) + " | best (a, lambda) |",
         "|---|" + "---|" * (len(weights) + 1),
-    ]
-    ease = {reg: recall_at(ease_scores(seen, None, 0.0, reg)[users], seen[users], truth[users]) for reg in regs}
+    ]  # fmt: skip
+    ease = {reg: recall(None, 0.0, reg) for reg in regs}
     best_reg = max(ease, key=ease.get)
     lines.append(f"| none (EASE) | {ease[best_reg]:.4f} at lambda {best_reg:g} |" + " |" * (len(weights) - 1) + f" {ease[best_reg]:.4f} (-, {best_reg:g}) |")
     for name, gram in grams.items():
-        table = {(a, reg): recall_at(ease_scores(seen, gram, a, reg)[users], seen[users], truth[users]) for a in weights for reg in regs}
+        table = {(a, reg): recall(gram, a, reg) for a in weights for reg in regs}
         (a, reg), best = max(table.items(), key=lambda kv: kv[1])
         cells = [f"{max(table[(w, r)] for r in regs):.4f}" for w in weights]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | **{best:.4f}** ({a:g}, {reg:g}) |")

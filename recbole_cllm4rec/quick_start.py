@@ -30,7 +30,7 @@ from recbole_cllm4rec.config_rules import (
     unknown_key_warnings,
 )
 from recbole_cllm4rec.data_files import check_benchmark_rows, check_dataset_files
-from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, under_torchrun
+from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, property_files, under_torchrun
 from recbole_cllm4rec.runfiles import latest_resume_point
 
 logger = logging.getLogger(__name__)
@@ -236,8 +236,7 @@ def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
     for key, stood_for in getattr(get_model(config["model"]), "EARLIER_KEYS", {}).items():
         if key not in config.final_config_dict:
             config[key] = config[stood_for]
-    defaults = PROPERTIES_DIR / f"{config['model']}.yaml"
-    if defaults.is_file():
+    for defaults in reversed(property_files(get_model(config["model"]))):  # the model's own first
         loaded = yaml.load(defaults.read_text(), Loader=config.yaml_loader)  # RecBole's loader: 1e-4 is a float
         for key, value in (loaded or {}).items():
             if key not in config.final_config_dict:

@@ -27,6 +27,8 @@ PROPERTIES_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().p
 MODELS = {
     "CLLM4Rec": "recbole_cllm4rec.model.cllm4rec:CLLM4Rec",
     "EASEText": "recbole_cllm4rec.model.easetext:EASEText",  # the text-aware linear baseline
+    # ablations that need code: subclasses, with their base's defaults and trainer
+    "CLLM4RecWordsStart": "recbole_cllm4rec.model.ablations:CLLM4RecWordsStart",
 }
 TRAINERS = {"CLLM4Rec": "recbole_cllm4rec.trainer:CLLM4RecTrainer"}
 
@@ -80,10 +82,19 @@ def get_model(model_name: str):
 
 
 def get_trainer(model_type, model_name: str):
-    """The plugin's trainers first, then RecBole's."""
-    if model_name in TRAINERS:
-        return _import(TRAINERS[model_name])
+    """The plugin's trainers first (a plugin model's own, else its nearest base class's), then RecBole's."""
+    if model_name in MODELS:
+        for base in get_model(model_name).__mro__:
+            if base.__name__ in TRAINERS:
+                return _import(TRAINERS[base.__name__])
     return recbole_utils.get_trainer(model_type, model_name)
+
+
+def property_files(model_class: type) -> list[Path]:
+    """``properties/<Model>.yaml`` of the model's class and of its bases that have one, bases first:
+    a registered subclass starts from its base model's defaults."""
+    files = [PROPERTIES_DIR / f"{base.__name__}.yaml" for base in reversed(model_class.__mro__)]
+    return [file for file in files if file.is_file()]
 
 
 def under_torchrun() -> bool:
@@ -96,7 +107,8 @@ class Config(RecBoleConfig):
     - model names resolve through :func:`get_model` (the plugin's models, then RecBole's);
     - the plugin's yaml files sit between RecBole's defaults and the user's config:
       ``properties/overall.yaml`` (the benchmark protocol, every model), ``properties/<Model>.yaml``
-      (model defaults) and ``properties/dataset/<dataset>.yaml`` (dataset presets);
+      (model defaults; a subclass's over its base's, :func:`property_files`) and
+      ``properties/dataset/<dataset>.yaml`` (dataset presets);
     - the command line is not read: entry points parse it and pass ``config_dict``;
     - data-parallel runs (``local_rank`` set) use NCCL on CUDA and gloo on CPU (RecBole hard-codes
       NCCL and CUDA), ``env://`` under torchrun, and only global rank 0 logs.
@@ -113,7 +125,7 @@ class Config(RecBoleConfig):
     def _load_internal_config_dict(self, model, model_class, dataset) -> None:
         super()._load_internal_config_dict(model, model_class, dataset)
         dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
-        for file in (PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / f"{model}.yaml", dataset_file):
+        for file in (PROPERTIES_DIR / "overall.yaml", *property_files(model_class), dataset_file):
             if file.is_file():
                 loaded = self._update_internal_config_dict(str(file)) or {}
                 if file == dataset_file:

@@ -3,7 +3,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: tests never touch a hub
 
-import importlib.util  # noqa: E402
+import importlib  # noqa: E402
 import random  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -96,8 +96,6 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load_benchmark(name: str):
-    """A script of ``benchmarks/`` (not a package) imported as a module, for its ``main``."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A script of ``benchmarks/`` (not a package: pytest's ``pythonpath`` holds its folder, as
+    ``python benchmarks/<name>.py`` does) imported as a module, for its ``main``."""
+    return importlib.import_module(name)

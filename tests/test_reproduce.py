@@ -1,6 +1,7 @@
 """benchmarks/reproduce.py (the GPU recipe's script) on CPU with the tiny recipe: rows, files, resume."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from conftest import BENCHMARKS, load_benchmark
@@ -34,7 +35,7 @@ def test_reproduce_runs_every_model_once_and_writes_the_table(tiny_data, monkeyp
     assert cllm4rec["valid_history"][0]["recall@20"] == cllm4rec["best_valid_result"]["recall@20"]
 
     # a rerun trains nothing: every finished run is read back
-    monkeypatch.setattr(reproduce, "run_model", lambda *a, **k: pytest.fail("ran a finished model again"))
+    monkeypatch.setattr(load_benchmark("common"), "run_model", lambda *a, **k: pytest.fail("ran a finished model again"))
     assert reproduce.main(args) == rows
 
     # --keep copies rows of the earlier table instead of rerunning those models
@@ -84,3 +85,32 @@ def test_unknown_variant_is_refused(tiny_data):
         load_script().main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=CLLM4Rec-nope"])
     with pytest.raises(SystemExit, match="unknown recipe"):
         load_script().main(["--dataset=tiny", f"--data_path={tiny_data}", "--models=CLLM4Rec-paper@nope"])
+
+
+def test_a_row_of_a_registered_subclass_runs_that_model_and_resumes_its_checkpoints(tmp_path, monkeypatch):
+    reproduce, common = load_script(), load_benchmark("common")
+    model, configs = reproduce.row_runs("CLLM4Rec-words-start", "tiny", no_sweep=False)
+    assert model == "CLLM4RecWordsStart" and configs == [reproduce.RECIPES["tiny"]]
+    runs = []
+
+    def run_model(model, dataset, config_dict):
+        runs.append((model, config_dict))
+        return {"test_result": {}}
+
+    monkeypatch.setattr(common, "run_model", run_model)
+    work = tmp_path / "work"
+    stored = common.run_once("CLLM4Rec-words-start", model, "ml-100k", configs[0], work)
+    assert stored["config"] == {"model": "CLLM4RecWordsStart", **configs[0]}  # the table shows which model ran
+    (name, first), checkpoints = runs[0], Path(runs[0][1]["checkpoint_dir"])
+    assert name == "CLLM4RecWordsStart" and "model" not in first and "resume" not in first
+    assert checkpoints.parent == work / "saved" and checkpoints.name.startswith("CLLM4Rec-words-start-")
+    # the same row again: read back; cut off before it finished: resumed from the model's own checkpoints
+    assert common.run_once("CLLM4Rec-words-start", model, "ml-100k", configs[0], work) == stored and len(runs) == 1
+    next(work.glob("CLLM4Rec-words-start-*.json")).unlink()
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "CLLM4RecWordsStart-Dec-07-2025_12-00-00-last.pth").touch()
+    common.run_once("CLLM4Rec-words-start", model, "ml-100k", configs[0], work)
+    assert runs[1][1]["resume"] is True and runs[1][1]["checkpoint_dir"] == str(checkpoints)
+    # the plain model's rows keep their names (and stored runs): the model is not part of their key
+    common.run_once("CLLM4Rec", "CLLM4Rec", "ml-100k", configs[0], work)
+    assert "model" not in runs[2][1] and "resume" not in runs[2][1]

@@ -1,9 +1,8 @@
 """The ID tables' starts: the SVD of the training matrix, and the text start (``text_start_dims``)."""
 import pytest
 import torch
-from conftest import load_benchmark, make_model
+from conftest import make_model
 
-from recbole_cllm4rec.model.cllm4rec import CLLM4Rec
 from recbole_cllm4rec.model.starts import svd_factors, text_components, write_text_start
 
 
@@ -71,28 +70,6 @@ def test_the_text_takes_at_most_half_of_a_row(tiny_data):
     width = model.collaborative_item_emb.embedding_dim
     torch.testing.assert_close(model.collaborative_item_emb.weight[:, : width - width // 2], plain.collaborative_item_emb.weight[:, : width - width // 2])
     assert not torch.allclose(model.collaborative_item_emb.weight[1:, -(width // 2) :], plain.collaborative_item_emb.weight[1:, -(width // 2) :])
-
-
-def test_the_words_ablation_reads_the_bag_of_word_embeddings(tiny_data):
-    text_start = load_benchmark("text_start")
-    before = CLLM4Rec.init_id_tables  # another test may have installed the hook (reproduce.py does)
-    CLLM4Rec.init_id_tables = getattr(before, "lm_source", before)
-    try:
-        text_start.install()
-        text_start.install()  # installed once
-        assert CLLM4Rec.init_id_tables.lm_source is getattr(before, "lm_source", before)
-        _, model, _ = make_model(tiny_data, llm_layers=1, text_start_dims=2, text_start_source="words")
-    finally:
-        CLLM4Rec.init_id_tables = before
-    bags = model.item_text_states(max_tokens=64)
-    content, layout = model.documents.content, model.layout
-    for d in range(len(content)):
-        ids = content.ids[d, : content.length[d]].long()
-        if layout.is_user(ids).any():
-            continue
-        item = int(layout.id_rows(ids[layout.is_item(ids)])[0]) - model.n_users
-        words = layout.as_words(ids, *model.plain_words)[int(content.prompt_length[d]) :]
-        torch.testing.assert_close(bags[item], model.backbone.get_input_embeddings()(words).mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_svd_factors_rebuild_the_degree_normalized_training_matrix_at_full_rank():
