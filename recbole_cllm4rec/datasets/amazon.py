@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from recbole_cllm4rec.datasets.split import held_out_counts
+
 
 @dataclass
 class Review:
@@ -170,11 +172,7 @@ def split_per_user(reviews: list[Review], ratios: tuple[float, float, float], se
     for user in sorted(by_user):
         history = sorted(by_user[user], key=lambda r: (r.time, r.item))
         rng.shuffle(history)
-        n = len(history)
-        n_valid = n_test = 0
-        if n >= 3:
-            n_valid = max(1, round(ratios[1] * n))
-            n_test = max(1, round(ratios[2] * n))
+        n_valid, n_test = held_out_counts(len(history), ratios)
         parts["valid"] += history[:n_valid]
         parts["test"] += history[n_valid : n_valid + n_test]
         parts["train"] += history[n_valid + n_test :]
