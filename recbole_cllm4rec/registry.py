@@ -27,6 +27,7 @@ PROPERTIES_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().p
 MODELS = {
     "CLLM4Rec": "recbole_cllm4rec.model.cllm4rec:CLLM4Rec",
     "EASEText": "recbole_cllm4rec.model.easetext:EASEText",  # the text-aware linear baseline
+    "TextKNN": "recbole_cllm4rec.model.textknn:TextKNN",  # the content-only baseline
 }
 TRAINERS = {"CLLM4Rec": "recbole_cllm4rec.trainer:CLLM4RecTrainer"}
 
