@@ -19,6 +19,7 @@ import yaml
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
+from recbole_cllm4rec.cold_items import cold_item_results, cold_start_lines, with_test_views
 from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, under_torchrun
 from recbole_cllm4rec.trainer import latest_resume_point, load_checkpoint
 from recbole_cllm4rec.validation import (
@@ -93,25 +94,6 @@ def split_fingerprint(*datasets) -> str:
     return digest.hexdigest()[:12]
 
 
-def cold_start_lines(train, valid, test) -> list[str]:
-    """How many evaluation users and items never occur in training: a model has only priors for them
-    (CLLM4Rec: a cold user's prompt holds no items, a cold item is ranked by its bias alone, the same
-    for every such item), so a pre-split dataset full of them measures something else."""
-    seen_users, seen_items = train.inter_feat[train.uid_field].unique(), train.inter_feat[train.iid_field].unique()
-    lines = []
-    for name, part in (("validation", valid), ("test", test)):
-        users, items = part.inter_feat[part.uid_field].unique(), part.inter_feat[part.iid_field]
-        cold_users = int((~torch.isin(users, seen_users)).sum())
-        cold = ~torch.isin(items, seen_items)
-        if cold_users or cold.any():
-            lines.append(
-                f"{name}: {cold_users} of {len(users)} users have no training interactions, {int(cold.sum())} of "
-                f"{len(items)} interactions are of {len(items[cold].unique())} items never seen in training "
-                "(a model has only its priors for them; CLLM4Rec scores such items by their bias alone, all alike)"
-            )
-    return lines
-
-
 def run_model(model: str, dataset: str, config_file_list=None, config_dict=None, saved: bool = True) -> dict:
     """Train and test one model; returns metrics, timings and the split fingerprint."""
     check_config_files(config_file_list)
@@ -169,6 +151,7 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
         getattr(trainer, "release_files", lambda: None)()  # CLLM4Rec's run lock; RecBole's trainers have none
     log.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     log.info(set_color("test result", "yellow") + f": {test_result}")
+    cold_result = cold_item_results(model_obj, {"test": test_data, "valid": valid_data}, train_data.dataset, config)
     if not config["single_spec"]:
         torch.distributed.destroy_process_group()
     return {
@@ -178,6 +161,7 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result),
+        "cold_result": cold_result,
         "train_time": train_time,
         "eval_time": eval_time,
         "split": fingerprint,
@@ -314,9 +298,10 @@ def torchrun_settings() -> dict | None:
 
 
 def comparison_rows(results: list[dict]) -> tuple[list[str], list[list]]:
-    """Header and rows of the comparison table: test metrics, best-valid metrics, times, split."""
+    """Header and rows of the comparison table: test metrics, best-valid metrics, cold-item views, times, split."""
     metrics = list(results[0]["test_result"])
-    header = ["model"] + [f"test {m}" for m in metrics] + [f"valid {m}" for m in metrics]
+    cold = list(results[0].get("cold_result", {}))
+    header = ["model"] + [f"test {m}" for m in metrics] + [f"valid {m}" for m in metrics] + cold
     header += ["train time (s)", "eval time (s)", "split"]
     rows = []
     for r in results:
@@ -325,6 +310,7 @@ def comparison_rows(results: list[dict]) -> tuple[list[str], list[list]]:
             [r["model"]]
             + [r["test_result"].get(m) for m in metrics]
             + [valid.get(m) for m in metrics]
+            + [r.get("cold_result", {}).get(m) for m in cold]
             + [round(r["train_time"], 1), round(r["eval_time"], 1), r["split"]]
         )
     return header, rows
@@ -339,12 +325,12 @@ def comparison_chart(results: list[dict], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    metrics = list(results[0]["test_result"])
+    metrics = list(with_test_views(results[0]))
     width = 0.8 / len(results)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(metrics) * max(1, len(results) / 2)), 4))
     for k, result in enumerate(results):
         positions = [m + (k - (len(results) - 1) / 2) * width for m in range(len(metrics))]
-        ax.bar(positions, [result["test_result"][m] for m in metrics], width, label=result["model"])
+        ax.bar(positions, [with_test_views(result)[m] for m in metrics], width, label=result["model"])
     ax.set_xticks(range(len(metrics)), metrics)
     ax.set_ylabel("test")
     ax.set_title(f"{results[0]['dataset']} (split {results[0]['split']})")
