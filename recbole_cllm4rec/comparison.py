@@ -4,11 +4,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from recbole_cllm4rec.cold_items import with_test_views
+
 
 def comparison_rows(results: list[dict]) -> tuple[list[str], list[list]]:
-    """Header and rows of the comparison table: test metrics, best-valid metrics, times, split."""
+    """Header and rows of the comparison table: test metrics, best-valid metrics, cold-item views, times, split."""
     metrics = list(results[0]["test_result"])
-    header = ["model"] + [f"test {m}" for m in metrics] + [f"valid {m}" for m in metrics]
+    cold = list(results[0].get("cold_result", {}))
+    header = ["model"] + [f"test {m}" for m in metrics] + [f"valid {m}" for m in metrics] + cold
     header += ["train time (s)", "eval time (s)", "split"]
     rows = []
     for r in results:
@@ -17,6 +20,7 @@ def comparison_rows(results: list[dict]) -> tuple[list[str], list[list]]:
             [r["model"]]
             + [r["test_result"].get(m) for m in metrics]
             + [valid.get(m) for m in metrics]
+            + [r.get("cold_result", {}).get(m) for m in cold]
             + [round(r["train_time"], 1), round(r["eval_time"], 1), r["split"]]
         )
     return header, rows
@@ -31,12 +35,12 @@ def comparison_chart(results: list[dict], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    metrics = list(results[0]["test_result"])
+    metrics = list(with_test_views(results[0]))
     width = 0.8 / len(results)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(metrics) * max(1, len(results) / 2)), 4))
     for k, result in enumerate(results):
         positions = [m + (k - (len(results) - 1) / 2) * width for m in range(len(metrics))]
-        ax.bar(positions, [result["test_result"][m] for m in metrics], width, label=result["model"])
+        ax.bar(positions, [with_test_views(result)[m] for m in metrics], width, label=result["model"])
     ax.set_xticks(range(len(metrics)), metrics)
     ax.set_ylabel("test")
     ax.set_title(f"{results[0]['dataset']} (split {results[0]['split']})")

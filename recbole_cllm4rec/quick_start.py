@@ -19,6 +19,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_cllm4rec.checkpoint import load_checkpoint
+from recbole_cllm4rec.cold_items import cold_item_results, cold_start_lines
 from recbole_cllm4rec.comparison import save_comparison
 from recbole_cllm4rec.config_rules import (
     COMMON_RULES,
@@ -93,25 +94,6 @@ def split_fingerprint(*datasets) -> str:
     return digest.hexdigest()[:12]
 
 
-def cold_start_lines(train, valid, test) -> list[str]:
-    """How many evaluation users and items never occur in training: a model has only priors for them
-    (CLLM4Rec: a cold user's prompt holds no items, a cold item is ranked by its bias alone, the same
-    for every such item), so a pre-split dataset full of them measures something else."""
-    seen_users, seen_items = train.inter_feat[train.uid_field].unique(), train.inter_feat[train.iid_field].unique()
-    lines = []
-    for name, part in (("validation", valid), ("test", test)):
-        users, items = part.inter_feat[part.uid_field].unique(), part.inter_feat[part.iid_field]
-        cold_users = int((~torch.isin(users, seen_users)).sum())
-        cold = ~torch.isin(items, seen_items)
-        if cold_users or cold.any():
-            lines.append(
-                f"{name}: {cold_users} of {len(users)} users have no training interactions, {int(cold.sum())} of "
-                f"{len(items)} interactions are of {len(items[cold].unique())} items never seen in training "
-                "(a model has only its priors for them; CLLM4Rec scores such items by their bias alone, all alike)"
-            )
-    return lines
-
-
 def run_model(model: str, dataset: str, config_file_list=None, config_dict=None, saved: bool = True) -> dict:
     """Train and test one model; returns metrics, timings and the split fingerprint."""
     config, trainer_class = run_config(model, dataset, config_file_list, config_dict)
@@ -129,7 +111,7 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
         "dataset": config["dataset"],
         "best_valid_score": result["best_valid_score"],
         "valid_score_bigger": config["valid_metric_bigger"],
-        **{key: result[key] for key in ("best_valid_result", "test_result", "train_time", "eval_time")},
+        **{key: result[key] for key in ("best_valid_result", "test_result", "cold_result", "train_time", "eval_time")},
         "split": fingerprint,
         "checkpoint": trainer.saved_model_file if saved else None,
         "losses": list(getattr(trainer, "loss_history", [])),
@@ -203,10 +185,12 @@ def train_and_test(trainer, config, data: tuple, fingerprint: str, saved: bool) 
     log = logging.getLogger()
     log.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     log.info(set_color("test result", "yellow") + f": {test_result}")
+    cold_result = cold_item_results(trainer.model, {"test": test_data, "valid": valid_data}, train_data.dataset, config)
     return {
         "best_valid_score": best_valid_score,
         "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result),
+        "cold_result": cold_result,
         "train_time": train_time,
         "eval_time": eval_time,
     }

@@ -29,6 +29,7 @@ MODELS = {
     "EASEText": "recbole_cllm4rec.model.easetext:EASEText",  # the text-aware linear baseline
     # ablations that need code: subclasses, with their base's defaults and trainer
     "CLLM4RecWordsStart": "recbole_cllm4rec.model.ablations:CLLM4RecWordsStart",
+    "TextKNN": "recbole_cllm4rec.model.textknn:TextKNN",  # the content-only baseline
 }
 TRAINERS = {"CLLM4Rec": "recbole_cllm4rec.trainer:CLLM4RecTrainer"}
 

@@ -142,7 +142,7 @@ def test_a_model_folder_without_tokenizer_files_says_so(tmp_path):
 def test_the_log_counts_evaluation_users_and_items_never_seen_in_training():
     import torch
 
-    from recbole_cllm4rec.quick_start import cold_start_lines
+    from recbole_cllm4rec.cold_items import cold_start_lines
 
     class Part:
         uid_field, iid_field = "user_id", "item_id"
