@@ -98,6 +98,9 @@ class Config(RecBoleConfig):
       ``properties/overall.yaml`` (the benchmark protocol, every model), ``properties/<Model>.yaml``
       (model defaults) and ``properties/dataset/<dataset>.yaml`` (dataset presets);
     - the command line is not read: entry points parse it and pass ``config_dict``;
+    - the metrics and the folders a run writes are checked as the config is built
+      (:mod:`recbole_cllm4rec.preflight`), not when RecBole first uses them, and the paths a
+      checkpoint records are made absolute: they work from any folder;
     - data-parallel runs (``local_rank`` set) use NCCL on CUDA and gloo on CPU (RecBole hard-codes
       NCCL and CUDA), ``env://`` under torchrun, and only global rank 0 logs.
     """
@@ -118,6 +121,13 @@ class Config(RecBoleConfig):
                 loaded = self._update_internal_config_dict(str(file)) or {}
                 if file == dataset_file:
                     self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+
+    def _set_default_parameters(self) -> None:
+        from recbole_cllm4rec.preflight import absolute_paths, check_settings
+
+        absolute_paths(self.final_config_dict)
+        check_settings(self.final_config_dict)
+        super()._set_default_parameters()
 
     def _init_device(self) -> None:
         config = self.final_config_dict
