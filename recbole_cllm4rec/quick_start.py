@@ -25,12 +25,12 @@ from recbole_cllm4rec.config_rules import (
     COMMON_RULES,
     check_config_files,
     check_config_values,
-    check_hyper_file,
     check_renamed_keys,
     check_retired_options,
     unknown_key_warnings,
 )
 from recbole_cllm4rec.data_files import check_benchmark_rows, check_dataset_files
+from recbole_cllm4rec.preflight import check_cache_dir
 from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, property_files, under_torchrun
 from recbole_cllm4rec.runfiles import latest_resume_point
 
@@ -180,6 +180,8 @@ def train_and_test(trainer, config, data: tuple, fingerprint: str, saved: bool) 
         start = time()
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
         eval_time = time() - start
+    except KeyboardInterrupt as exc:  # the command line names the resume point (cli.command_line)
+        raise KeyboardInterrupt(getattr(trainer, "resume_file", "")) from exc
     finally:
         getattr(trainer, "release_files", lambda: None)()  # CLLM4Rec's run lock; RecBole's trainers have none
     log = logging.getLogger()
@@ -233,6 +235,7 @@ def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
             f"{checkpoint_file} was trained on {config['data_path']}, which does not exist here: give the folder "
             f"that holds {config['dataset']}/ (data_path)"
         )
+    check_cache_dir(config.final_config_dict)  # the model writes the corpus cache if this data's is not there
     if torch.device(config["device"]).type == "cuda" and not torch.cuda.is_available():
         config["device"] = torch.device("cpu")
     init_seed(config["seed"], config["reproducibility"])
@@ -247,45 +250,6 @@ def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data
-
-
-def objective_function(model: str, dataset: str, config_dict: dict | None = None):
-    """RecBole's ``HyperTuning`` objective for ``model`` on ``dataset`` through :func:`run_model`
-    (the plugin's config and protocol); each trial's parameters override ``config_dict``."""
-
-    def objective(trial_dict=None, config_file_list=None, saved=True) -> dict:
-        result = run_model(model, dataset, config_file_list, {**(config_dict or {}), **(trial_dict or {})}, saved)
-        return {
-            "model": model,
-            "best_valid_score": result["best_valid_score"],
-            "valid_score_bigger": result["valid_score_bigger"],
-            "best_valid_result": result["best_valid_result"],
-            "test_result": result["test_result"],
-        }
-
-    return objective
-
-
-def run_hyper(model: str, dataset: str, params_file: str, config_file_list=None, config_dict=None,
-              algo: str = "exhaustive", max_evals: int = 100, output_file: str | None = None) -> dict:  # fmt: skip
-    """Search ``params_file``'s space (RecBole's format) with RecBole's ``HyperTuning`` (hyperopt);
-    writes every trial's valid and test metrics to ``output_file``; returns the best parameters,
-    their validation score and test metrics."""
-    from recbole.trainer import HyperTuning
-
-    check_model_name(model)
-    check_hyper_file(params_file)
-    tuner = HyperTuning(
-        objective_function(model, dataset, config_dict), params_file=params_file,
-        fixed_config_file_list=config_file_list, algo=algo, max_evals=max_evals,
-    )  # fmt: skip
-    tuner.run()
-    output_file = output_file or f"hyper-{model}-{dataset}.result"
-    tuner.export_result(output_file=output_file)
-    best = tuner.params2result[tuner.params2str(tuner.best_params)]
-    print(f"best params: {tuner.best_params}\nbest valid: {best['best_valid_result']}\ntest: {best['test_result']}")
-    print(f"every trial: {output_file}")
-    return {"params": tuner.best_params, "best_valid_score": tuner.best_score, "test_result": best["test_result"]}
 
 
 def _run_rank(rank: int, model: str, dataset: str, config_file_list, config_dict: dict, saved: bool, queue) -> None:

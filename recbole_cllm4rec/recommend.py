@@ -10,11 +10,16 @@ pass per batch. ``--topk`` is bounded by each user's unseen items (fewer are lis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import os
 import sys
 from pathlib import Path
 
 import torch
+
+from recbole_cllm4rec.cli import command_line
+from recbole_cllm4rec.preflight import unwritable
 
 TITLE_FIELDS = ("title", "movie_title", "name")
 
@@ -62,6 +67,50 @@ def recommend(model, dataset, users: torch.Tensor, topk: int, batch_size: int = 
     return torch.cat(top_scores), torch.cat(top_items)
 
 
+def read_users_file(path: str) -> list[str]:
+    """The raw user ids of ``--users-file`` (whitespace-separated), refusing a file that is missing,
+    unreadable or empty before the model is loaded."""
+    try:
+        users = Path(path).read_text(encoding="utf-8").split()
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"--users-file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise SystemExit(f"--users-file {path} cannot be read ({exc.strerror}): give a file with one raw user id per line") from None
+    if not users:
+        raise SystemExit(f"--users-file {path} is empty: write one raw user id per line")
+    return users
+
+
+def write_rows(rows: list[list], out: str | None) -> None:
+    """The TSV of ``rows`` to ``out`` (a temporary file renamed into place: whole or not at all), or stdout."""
+    if out is None:
+        _write_tsv(rows, sys.stdout)
+        return
+    tmp = f"{out}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", newline="") as f:
+            _write_tsv(rows, f)
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _write_tsv(rows: list[list], stream) -> None:
+    writer = csv.writer(stream, delimiter="\t", lineterminator="\n")
+    writer.writerow(["user", "rank", "item", "score", "title"])
+    writer.writerows(rows)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse, before the model is loaded, a checkpoint that is a folder and an ``--out`` that cannot be written."""
+    if Path(args.checkpoint).is_dir():
+        raise SystemExit(f"--checkpoint {args.checkpoint} is a folder: give a checkpoint file in it (<model>-<time>.pth)")
+    problem = unwritable(Path(args.out).resolve().parent) if args.out else None
+    if problem or (args.out and Path(args.out).is_dir()):
+        raise SystemExit(f"--out {args.out} cannot be written ({problem or 'it is a folder'}): give a file in a folder you can write")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -84,11 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     import recbole_cllm4rec  # noqa: F401  (shims + registration)
     from recbole_cllm4rec.quick_start import load_data_and_model
 
+    check_paths(args)
+    raw_users = [args.user] if args.user else read_users_file(args.users_file)
     try:
         _, model, dataset, *_ = load_data_and_model(args.checkpoint, args.data_path)
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         raise SystemExit(f"recommend: {exc}") from exc
-    raw_users = [args.user] if args.user else [u.strip() for u in Path(args.users_file).read_text().split() if u.strip()]
     users = internal_user_ids(dataset, raw_users)
     scores, items = recommend(model, dataset, users, args.topk, args.batch_size)
     titles = item_titles(dataset)
@@ -105,13 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         for _, rank, item, score, title in rows:
             print(f"{rank:>3}  {item:<12} {score:>9}  {title}")
         return
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-    writer.writerow(["user", "rank", "item", "score", "title"])
-    writer.writerows(rows)
-    if args.out:
-        out.close()
+    write_rows(rows, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

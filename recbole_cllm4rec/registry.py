@@ -113,6 +113,9 @@ class Config(RecBoleConfig):
     - without a ``data_path`` from the user, a dataset the plugin ships is read from its cache folder
       (:func:`~recbole_cllm4rec.datasets.shipped.shipped_folder`), as RecBole reads its ml-100k;
     - the command line is not read: entry points parse it and pass ``config_dict``;
+    - the metrics and the folders a run writes are checked as the config is built
+      (:mod:`recbole_cllm4rec.preflight`), not when RecBole first uses them, and the paths a
+      checkpoint records are made absolute: they work from any folder;
     - data-parallel runs (``local_rank`` set) use NCCL on CUDA and gloo on CPU (RecBole hard-codes
       NCCL and CUDA), ``env://`` under torchrun, and only global rank 0 logs.
     """
@@ -137,7 +140,10 @@ class Config(RecBoleConfig):
     def _set_default_parameters(self) -> None:
         # imported here, not with the package: `python -m recbole_cllm4rec.datasets.split` runs it as __main__
         from recbole_cllm4rec.datasets.shipped import shipped_folder
+        from recbole_cllm4rec.preflight import absolute_paths, check_settings
 
+        absolute_paths(self.final_config_dict)
+        check_settings(self.final_config_dict)
         super()._set_default_parameters()
         if "data_path" not in self.external_config_dict:  # a data_path the user gives wins
             folder = shipped_folder(self.dataset, self.final_config_dict.get("llm_cache_dir"))

@@ -1,8 +1,7 @@
 """A search space RecBole cannot parse is refused before any trial, naming the file, the line and the form."""
 import pytest
 
-from recbole_cllm4rec.quick_start import run_hyper
-from recbole_cllm4rec.config_rules import check_hyper_file
+from recbole_cllm4rec.hyper import check_hyper_file, run_hyper
 
 
 @pytest.mark.parametrize(
@@ -28,7 +27,8 @@ def test_a_bad_line_is_named_with_its_file_and_number(tmp_path, line, expected):
 
 def test_every_form_recbole_reads_is_accepted(tmp_path):
     space = tmp_path / "space.hyper"
-    space.write_text("a choice [1,2]\nb choice ['x','y']\nc uniform 0.1,0.5\nd loguniform -9.2,-7.6\ne quniform 1,9,2\n")
+    space.write_text("lambda_c choice [1,2]\nreadout choice ['last','mean']\nmask_ratio uniform 0.1,0.5\n"
+                     "learning_rate loguniform -9.2,-7.6\nreadout_skip quniform 1,9,2\n")
     check_hyper_file(space)  # no error
 
 

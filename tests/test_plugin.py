@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config_dict
 
-from recbole_cllm4rec.quick_start import run, run_hyper, run_model
+from recbole_cllm4rec.hyper import run_hyper
+from recbole_cllm4rec.quick_start import run, run_model
 
 
 def write_dataset(root: Path, name: str, n_users: int, n_items: int, per_user: int, seed: int = 0) -> None:
