@@ -1,11 +1,19 @@
 """The plugin's cache folder, in a module light enough for every entry point to import.
 
-The converted backbone, the tokenized content documents and the shipped datasets live there.
+The converted backbone, the tokenized content documents, the LM's reading of the item texts and the
+shipped datasets live there.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -14,3 +22,33 @@ def default_cache_dir() -> Path:
         return Path(os.environ["RECBOLE_CLLM4REC_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "recbole_cllm4rec"
+
+
+def cached_tensor(path: Path, build: Callable[[], torch.Tensor], what: str) -> torch.Tensor:
+    """``build()``, stored at ``path`` the first time and loaded from there after; written to a
+    temporary file and renamed (a killed run never leaves half a file), and a file that cannot be
+    read back is built again."""
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (any damage: truncated, not a torch file)
+            logger.warning("%s: %s cannot be read (%s): building it again", what, path, type(exc).__name__)
+    value = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        torch.save(value, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("%s: cached in %s", what, path)
+    return value
+
+
+def digest(*parts: bytes | str) -> str:
+    """A short hex digest of ``parts``, a cache file's key."""
+    h = hashlib.blake2b(digest_size=12)
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\x00")
+    return h.hexdigest()

@@ -1,8 +1,7 @@
 r"""CLLM4Rec: Collaborative Large Language Model for Recommender Systems (Zhu et al., WWW 2024).
 
-A frozen pretrained causal LM reads documents that mix words with user/item ID tokens
-(``recbole_cllm4rec.ids``: the token layout; ``recbole_cllm4rec.documents``: every document). Only the ID token embeddings
-train, in two sets:
+A frozen pretrained causal LM reads documents that mix words with user/item ID tokens (``ids``: the
+token layout; ``documents``: every document). Only the ID token embeddings train, in two sets:
 
 - collaborative (user, item): trained by the collaborative LM, whose main text is a user's items
   (``{user} has interacted with item_a item_b ...``) with a softmax over the item vocabulary only;
@@ -24,13 +23,11 @@ items.
 Where the defaults depart from the paper (each measured in ``docs/results.md``): the ID tables start
 from an SVD of the training matrix, the item tables' last dimensions from the LM's own reading of each
 item's text (the text start, ``model.starts``); the head also reads the prompt's item embeddings
-around the frozen layers (the skip), and an item bias.
+around the frozen layers (the skip), and an item bias. Items without interactions: ``model.text_map``.
 
-The stage schedule (content warm-up, alternating pretraining, finetuning) is in
-``recbole_cllm4rec.trainer.CLLM4RecTrainer``, which calls the three losses below directly with
-batches of users (or content documents) packed to a token budget: RecBole's interaction batches
-(``calculate_loss``) would split one user's history over several batches and pad every prompt to
-the longest history of a random batch.
+The stage schedule is ``trainer.CLLM4RecTrainer``'s: it calls the three losses below with users (or
+content documents) packed to a token budget, where RecBole's interaction batches would split one
+user's history over several batches and pad every prompt to the longest history of a random batch.
 """
 from __future__ import annotations
 
@@ -42,7 +39,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_cllm4rec.backbone import default_cache_dir
+from recbole_cllm4rec.cache import cached_tensor, default_cache_dir, digest
 from recbole_cllm4rec.batches import token_budget_batches
 from recbole_cllm4rec.config_rules import Rule, check_config_values
 from recbole_cllm4rec.distributed import Shard, own_rows
@@ -50,9 +47,10 @@ from recbole_cllm4rec.documents import Documents, content_documents, stored_hist
 from recbole_cllm4rec.model.frozen_lm import FrozenLM
 from recbole_cllm4rec.model.item_softmax import ItemLogSumExp
 from recbole_cllm4rec.model.starts import item_text_states, svd_start, text_start, trained_rows
+from recbole_cllm4rec.model.text_map import COLD_ITEM_ROWS, ColdItemHead
 
 
-class CLLM4Rec(FrozenLM, GeneralRecommender):
+class CLLM4Rec(FrozenLM, ColdItemHead, GeneralRecommender):
     input_type = InputType.POINTWISE
     # what each key of properties/CLLM4Rec.yaml accepts, refused before the backbone loads; grouped by
     # the construction step that reads it (the trainer's keys are CLLM4RecTrainer.CONFIG_RULES)
@@ -85,6 +83,8 @@ class CLLM4Rec(FrozenLM, GeneralRecommender):
         "readout_skip": Rule(float, low=0, optional=True),
         "readout_state_weight": Rule(float, low=0),
         "item_bias": Rule(bool),
+        "cold_item_rows": Rule(str, choices=COLD_ITEM_ROWS),
+        "text_map_ridge": Rule(float, low=0),
         "visible_target_weight": Rule(float, low=0, high=1),
         "eval_batch_tokens": Rule(int, low=1),
         "item_chunk_size": Rule(int, low=1),
@@ -110,16 +110,13 @@ class CLLM4Rec(FrozenLM, GeneralRecommender):
     def build_id_tables(self, config) -> None:
         """The two sets of ID token embeddings, the only parameters that train (with the item bias)."""
         word_embeddings = self.backbone.get_input_embeddings()
-        dim = word_embeddings.embedding_dim
-        self.collaborative_user_emb = nn.Embedding(self.n_users, dim)
-        self.collaborative_item_emb = nn.Embedding(self.n_items, dim)
-        self.content_user_emb = nn.Embedding(self.n_users, dim)
-        self.content_item_emb = nn.Embedding(self.n_items, dim)
+        dim, users, items = word_embeddings.embedding_dim, self.n_users, self.n_items
+        self.collaborative_user_emb, self.collaborative_item_emb = nn.Embedding(users, dim), nn.Embedding(items, dim)
+        self.content_user_emb, self.content_item_emb = nn.Embedding(users, dim), nn.Embedding(items, dim)
         # N(0, 0.02) as the paper code: at the word embeddings' own scale the tied item head would
         # start with logits so large that the collaborative loss begins far above a uniform guess
         self.init_std = config["init_std"] or word_embeddings.weight.std().item()
-        # drawn from the config seed alone: loading (or converting) the backbone may consume the global
-        # random state differently from one run to the next
+        # from the config seed alone: loading the backbone may consume the global random state differently
         generator = torch.Generator().manual_seed(config["seed"])
         for table in self.id_tables():
             nn.init.normal_(table.weight, mean=0.0, std=self.init_std, generator=generator)
@@ -129,8 +126,9 @@ class CLLM4Rec(FrozenLM, GeneralRecommender):
     def build_documents(self, config, dataset) -> None:
         """Training histories and text, as the documents every pass reads (``documents.Documents``)."""
         history = stored_history(dataset, config["seed"])
-        cache_dir = Path(config["llm_cache_dir"] or default_cache_dir()) / "corpus"
-        content = content_documents(config, dataset, self.tokenizer, self.layout, history, cache_dir)
+        self.cache_dir = Path(config["llm_cache_dir"] or default_cache_dir())
+        content = content_documents(config, dataset, self.tokenizer, self.layout, history, self.cache_dir / "corpus")
+        self._item_text_states = None  # item_text_states, once read
         self.documents = Documents(config, self.layout, self.tokenizer, history, content)
         # the words a plain prompt has where the ID tokens stand (content_lm_loss(plain=True))
         self.plain_words = tuple(self.tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("user", "item"))
@@ -178,12 +176,22 @@ class CLLM4Rec(FrozenLM, GeneralRecommender):
     @torch.no_grad()
     def item_text_states(self, max_tokens: int) -> torch.Tensor:
         """``[n_items, hidden]``: each item's text as the plain prompt, read by ``text_states``
-        (``starts.item_text_states``); ``max_tokens``: padded tokens per forward pass."""
-        def read(words: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-            return self.text_states(words.to(self.device), length.to(self.device)).cpu()
+        (``starts.item_text_states``), ``max_tokens`` padded tokens per forward pass; once per backbone,
+        depth, precision and corpus, cached on disk (a full-depth pass is minutes on a CPU) and in memory."""
+        if self._item_text_states is None:
+            content, dim = self.documents.content, self.collaborative_item_emb.embedding_dim
+            key = digest(
+                self.backbone_fingerprint.cpu().numpy().tobytes(), type(self).__name__, str(self.autocast_dtype),
+                str(self.depths["content"]), str(max_tokens), content.ids.numpy().tobytes(),
+            )
+            build = lambda: item_text_states(content, self.layout, self.plain_words, self.read_text, dim, max_tokens)  # noqa: E731
+            path = self.cache_dir / "text_states" / f"{key}.pt"
+            self._item_text_states = cached_tensor(path, build, "the LM's reading of the item texts")
+        return self._item_text_states
 
-        dim = self.collaborative_item_emb.embedding_dim
-        return item_text_states(self.documents.content, self.layout, self.plain_words, read, dim, max_tokens)
+    def read_text(self, words: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """``text_states`` of plain-word documents on the model's device, returned on the CPU."""
+        return self.text_states(words.to(self.device), length.to(self.device)).cpu()
 
     def text_states(self, words: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """What the text start reads of plain-word documents: the content side's last-layer states."""
@@ -208,6 +216,7 @@ class CLLM4Rec(FrozenLM, GeneralRecommender):
             log_pop = (torch.bincount(history[history > 0], minlength=self.n_items).float() + 1).log()
             with torch.no_grad():
                 self.item_bias.weight[:, 0] = log_pop - log_pop[1:].mean()
+        self.build_cold_items(config)
 
     # ------------------------------------------------------------------ parameters and checkpoints
     def id_tables(self) -> list[nn.Embedding]:
@@ -366,13 +375,13 @@ class CLLM4Rec(FrozenLM, GeneralRecommender):
         return (weights[:, :, None] * hidden).sum(dim=1)
 
     def item_head(self, head_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, weight) of the item head, tied to the collaborative item embeddings:
-        ``logits = features @ weight.T``; with ``item_bias`` the constant feature 1 meets each item's bias."""
-        weight = self.collaborative_item_emb.weight
+        """(features, rows) of the item head, tied to the collaborative item embeddings:
+        ``logits = features @ rows.T``; with ``item_bias`` the constant feature 1 meets each item's
+        bias. Scoring (eval mode) reads ``scoring_rows``: cold items as ``cold_item_rows`` says."""
+        rows = self.head_rows() if self.training else self.scoring_rows()
         if not self.has_item_bias:
-            return head_input, weight
-        features = torch.cat([head_input, head_input.new_ones(len(head_input), 1)], dim=1)
-        return features, torch.cat([weight, self.item_bias.weight], dim=1)
+            return head_input, rows
+        return torch.cat([head_input, head_input.new_ones(len(head_input), 1)], dim=1), rows
 
     def recommendation_loss(
         self, users: torch.Tensor, users_per_batch: float, shard: Shard = (0, 1)

@@ -106,13 +106,25 @@ def text_start(item_tables: list[torch.Tensor], states: torch.Tensor, dims: int,
 def item_text_states(
     content: ContentDocuments, layout: IdLayout, plain_words: tuple[int, int], read: Callable, dim: int, max_tokens: int
 ) -> torch.Tensor:
-    """``[n_items, dim]``: each item's content document as the plain prompt (the word ``item`` in place
-    of its ID token, ``plain_words``) read by ``read(words, length)`` (its last layer's states), averaged
-    over the text; zero for an item without a document. ``max_tokens``: padded tokens per forward pass."""
+    """``[n_items, dim]``: each item's content document read by ``text_readings``; zero for an item
+    without a document."""
     ids = content.ids.long()
     docs = (layout.is_item(ids).any(1) & ~layout.is_user(ids).any(1)).nonzero().squeeze(1)
     items = layout.split(ids[docs])[2].amax(1)  # an item document's one item (0 at other positions)
     states = torch.zeros(layout.n_items, dim)
+    states[items] = text_readings(content, docs, layout, plain_words, read, dim, max_tokens)
+    return states
+
+
+def text_readings(
+    content: ContentDocuments, docs: torch.Tensor, layout: IdLayout, plain_words: tuple[int, int], read: Callable,
+    dim: int, max_tokens: int,
+) -> torch.Tensor:
+    """``[len(docs), dim]``: content documents ``docs`` as plain prompts (the words ``user`` / ``item``
+    in place of the ID tokens, ``plain_words``) read by ``read(words, length)`` (its last layer's
+    states), averaged over the text. ``max_tokens``: padded tokens per forward pass."""
+    ids = content.ids.long()
+    states = torch.zeros(len(docs), dim)
     for batch in token_budget_batches(content.length[docs], max_tokens, shuffle=False):
         rows = docs[batch]
         length, prompt_length = content.length[rows], content.prompt_length[rows]
@@ -120,5 +132,5 @@ def item_text_states(
         hidden = read(plain, length)
         positions = torch.arange(plain.shape[1])[None, :]
         text = ((positions >= prompt_length[:, None]) & (positions < length[:, None])).float()
-        states[items[batch]] = (text[:, :, None] * hidden).sum(1) / text.sum(1, keepdim=True).clamp(min=1)
+        states[batch] = (text[:, :, None] * hidden).sum(1) / text.sum(1, keepdim=True).clamp(min=1)
     return states

@@ -1,0 +1,94 @@
+"""Items without interactions in the item head: the text map and each ``cold_item_rows`` mode, checked by hand."""
+import pytest
+import torch
+
+from recbole_cllm4rec.cache import cached_tensor
+from recbole_cllm4rec.model.text_map import cold_head_rows, fit_text_map
+
+
+def test_fit_text_map_by_hand():
+    states = torch.tensor([[1.0], [2.0], [3.0]])
+    rows = torch.tensor([[2.0, 1.0], [4.0, 1.0], [6.0, 1.0]])
+    weight, bias = fit_text_map(states, rows, ridge=0.0)  # exact: rows = 2 x, 1
+    assert torch.allclose(weight, torch.tensor([[2.0, 0.0]]), atol=1e-6)
+    assert torch.allclose(bias, torch.tensor([0.0, 1.0]), atol=1e-6)
+    # ridge 1: centred x = (-1, 0, 1), Gram 2, penalty 1 x 2 -> slope 4 / (2 + 2) = 1, bias 4 - 2 x 1 = 2
+    weight, bias = fit_text_map(states, rows, ridge=1.0)
+    assert torch.allclose(weight, torch.tensor([[1.0, 0.0]]), atol=1e-6)
+    assert torch.allclose(bias, torch.tensor([2.0, 1.0]), atol=1e-6)
+
+
+def tables():
+    # items 0 (padding), 1-3 warm, 4 cold; head rows = [embedding (1 dim), bias]
+    head = torch.tensor([[9.0, 9.0], [1.0, 0.5], [2.0, 1.5], [3.0, 2.5], [-5.0, -3.0]])
+    content = torch.tensor([[0.0], [0.1], [0.2], [0.3], [0.7]])
+    warm = torch.tensor([False, True, True, True, False])
+    states = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0]])
+    return head, content, warm, states
+
+
+def test_trained_keeps_the_rows():
+    head, content, warm, states = tables()
+    assert torch.equal(cold_head_rows("trained", head, content, warm, lambda: states, 0.0), head)
+
+
+def test_content_takes_the_content_row_and_the_mean_warm_bias():
+    head, content, warm, states = tables()
+    rows = cold_head_rows("content", head, content, warm, lambda: states, 0.0)
+    assert rows[4].tolist() == pytest.approx([0.7, 1.5])  # mean bias of items 1-3: (0.5 + 1.5 + 2.5) / 3
+    assert torch.equal(rows[:4], head[:4])  # warm rows and padding untouched
+    assert torch.equal(warm, tables()[2])  # the caller's mask is not modified
+
+
+def test_text_map_extrapolates_from_the_warm_items():
+    head, content, warm, states = tables()
+    rows = cold_head_rows("text_map", head, content, warm, lambda: states, 0.0)
+    # on items 1-3 the row is (x, x - 0.5): item 4 (x = 4) gets (4, 3.5)
+    assert rows[4].tolist() == pytest.approx([4.0, 3.5], abs=1e-5)
+    assert torch.equal(rows[:4], head[:4])
+
+
+def test_text_map_leaves_a_cold_item_without_text_alone():
+    head, content, warm, states = tables()
+    states[4] = 0.0
+    rows = cold_head_rows("text_map", head, content, warm, lambda: states, 0.0)
+    assert torch.equal(rows, head)
+
+
+def test_cached_tensor_builds_once(tmp_path):
+    calls = []
+    path = tmp_path / "sub" / "x.pt"
+    build = lambda: calls.append(1) or torch.arange(3)  # noqa: E731
+    assert cached_tensor(path, build, "x").tolist() == [0, 1, 2]
+    assert cached_tensor(path, build, "x").tolist() == [0, 1, 2]
+    assert len(calls) == 1 and [p.name for p in path.parent.iterdir()] == ["x.pt"]
+
+
+def test_cached_tensor_rebuilds_a_damaged_file(tmp_path):
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"not a tensor")
+    assert cached_tensor(path, lambda: torch.ones(2), "x").tolist() == [1.0, 1.0]
+    assert torch.load(path).tolist() == [1.0, 1.0] and [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def without_interactions(root, item: str) -> None:
+    inter = root / "tiny" / "tiny.inter"
+    inter.write_text("\n".join(line for line in inter.read_text().splitlines() if f"\t{item}\t" not in line) + "\n")
+
+
+@pytest.mark.parametrize("mode", ["trained", "content", "text_map"])
+def test_warm_rows_stay_and_a_cold_item_is_scored_as_the_mode_says(tiny_data, mode):
+    from conftest import make_model
+
+    without_interactions(tiny_data, "i40")  # in tiny.item (with text), in no interaction: cold
+    _, model, (train, _, _) = make_model(tiny_data, cold_item_rows=mode, text_map_ridge=0.5)
+    model.eval()
+    item = train.dataset.token2id("item_id", "i40")
+    rows, trained = model.scoring_rows(), model.head_rows().detach()
+    assert not model.warm_items[item] and model.warm_items.sum() == model.n_items - 2  # padding and i40
+    assert torch.equal(rows[model.warm_items], trained[model.warm_items])
+    expected = {"trained": trained[item], "content": torch.cat([model.content_item_emb.weight[item].detach(),
+                                                                 trained[model.warm_items, -1:].mean(0)])}
+    if mode == "text_map":  # a new item with i40's text gets the row i40 is scored with
+        expected[mode] = model.text_map_rows(["The comedy film number 40. Genre: comedy."])[0]
+    assert torch.allclose(rows[item], expected[mode], atol=1e-5)
