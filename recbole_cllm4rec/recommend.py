@@ -2,10 +2,14 @@
 
     python -m recbole_cllm4rec.recommend --checkpoint saved/CLLM4Rec-....pth --user 196 --topk 10
     python -m recbole_cllm4rec.recommend --checkpoint saved/...pth --users-file users.txt --out recs.tsv
+    python -m recbole_cllm4rec.recommend --checkpoint saved/CLLM4Rec-....pth --user 196 --new-items new.item
 
 Users are given by their raw ids (as in the atomic files). Every item the user already has in the
 dataset (train, valid and test interactions) is excluded. Users are scored in batches, one forward
 pass per batch. ``--topk`` is bounded by each user's unseen items (fewer are listed, with a note).
+``--new-items``: an atomic ``.item`` file of items that arrived after training (new ids, the text
+columns of the dataset's ``item_text_template``), ranked beside the catalog without retraining:
+CLLM4Rec reads their text through its text map (``model.text_map``).
 """
 from __future__ import annotations
 
@@ -48,9 +52,33 @@ def internal_user_ids(dataset, raw_users: list[str]) -> torch.Tensor:
     return torch.tensor([known[u] for u in raw_users], dtype=torch.long)
 
 
-def recommend(model, dataset, users: torch.Tensor, topk: int, batch_size: int = 64):
-    """(scores, internal item ids) of the top ``topk`` unseen items per user, ``[len(users), topk]``;
-    a user with fewer unseen items gets ``-inf`` scores in the surplus columns."""
+def new_items(model, dataset, config, path: str) -> tuple[list[str], torch.Tensor]:
+    """The raw ids of ``path``'s items (an atomic ``.item`` file) and their head rows from their text."""
+    from recbole_cllm4rec.data_files import read_atomic_columns, template_fields
+
+    if not hasattr(model, "text_map_rows"):
+        raise SystemExit(f"--new-items needs a model that reads item text (CLLM4Rec), not {config['model']}")
+    template = config["item_text_template"]
+    if not template:
+        raise SystemExit("--new-items: the checkpoint's model was trained without item_text_template: it reads no item text")
+    fields = template_fields(template)
+    frame = read_atomic_columns(Path(path), [dataset.iid_field] + fields)
+    raw = frame[dataset.iid_field].tolist()
+    known = [item for item in raw if item in dataset.field2token_id[dataset.iid_field]]
+    if known or not raw:
+        raise SystemExit(f"--new-items {path}: " + (f"items {known[:5]} are already in the catalog" if raw else "no items"))
+    texts = [template.format(**dict(zip(fields, row))).strip() if any(row) else "" for row in frame[fields].itertuples(index=False)]
+    empty = [item for item, text in zip(raw, texts) if not text]
+    if empty:
+        raise SystemExit(f"--new-items {path}: items {empty[:5]} have no text in the template's columns {fields}")
+    model.eval()
+    return raw, model.text_map_rows(texts)
+
+
+def recommend(model, dataset, users: torch.Tensor, topk: int, batch_size: int = 64, new_rows: torch.Tensor | None = None):
+    """(scores, item ids) of the top ``topk`` unseen items per user, ``[len(users), topk]``; item ids
+    from ``n_items`` on are the rows of ``new_rows`` (items added after training). A user with fewer
+    unseen items gets ``-inf`` scores in the surplus columns."""
     seen, _, seen_len = dataset.history_item_matrix()  # the whole dataset: nothing known is recommended
     model.eval()
     top_scores, top_items = [], []
@@ -58,6 +86,8 @@ def recommend(model, dataset, users: torch.Tensor, topk: int, batch_size: int = 
         for batch in users.split(batch_size):
             batch = batch.to(model.device)
             scores = model.full_sort_predict({model.USER_ID: batch}).view(len(batch), -1).float()
+            if new_rows is not None:
+                scores = torch.cat([scores, new_item_scores(model, batch, new_rows)], dim=1)
             scores[:, 0] = float("-inf")
             history = seen[batch.cpu()].to(scores.device)
             scores.scatter_(1, history, float("-inf"))  # padding entries point at item 0, already -inf
@@ -65,6 +95,15 @@ def recommend(model, dataset, users: torch.Tensor, topk: int, batch_size: int = 
             top_scores.append(values.cpu())
             top_items.append(items.cpu())
     return torch.cat(top_scores), torch.cat(top_items)
+
+
+def new_item_scores(model, users: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Scores of items added after training (their head ``rows``) for ``users``: the head's features of
+    each user's scoring prompt against those rows, as ``full_sort_predict`` scores the catalog."""
+    scores = torch.empty(len(users), len(rows), device=rows.device)
+    for chunk, head_input in model.scoring_batches(users):
+        scores[chunk] = model.item_head(head_input)[0].float() @ rows.float().T
+    return scores
 
 
 def read_users_file(path: str) -> list[str]:
@@ -128,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--data-path", help="the folder holding the dataset's folder, if not where it was at training")
     parser.add_argument("--out", help="TSV output for --users-file (default: stdout)")
+    parser.add_argument("--new-items", help="an atomic .item file of items added after training, ranked from their text")
     args = parser.parse_args(argv)
 
     import recbole_cllm4rec  # noqa: F401  (shims + registration)
@@ -136,13 +176,15 @@ def main(argv: list[str] | None = None) -> None:
     check_paths(args)
     raw_users = [args.user] if args.user else read_users_file(args.users_file)
     try:
-        _, model, dataset, *_ = load_data_and_model(args.checkpoint, args.data_path)
+        config, model, dataset, *_ = load_data_and_model(args.checkpoint, args.data_path)
+        added, new_rows = new_items(model, dataset, config, args.new_items) if args.new_items else ([], None)
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         raise SystemExit(f"recommend: {exc}") from exc
     users = internal_user_ids(dataset, raw_users)
-    scores, items = recommend(model, dataset, users, args.topk, args.batch_size)
+    scores, items = recommend(model, dataset, users, args.topk, args.batch_size, new_rows)
     titles = item_titles(dataset)
-    raw_items = dataset.field2id_token[dataset.iid_field]
+    titles = titles + [""] * len(added) if titles else None
+    raw_items = list(dataset.field2id_token[dataset.iid_field]) + added
 
     rows = []
     for raw_user, user_scores, user_items in zip(raw_users, scores.tolist(), items.tolist()):

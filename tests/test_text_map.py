@@ -92,3 +92,25 @@ def test_warm_rows_stay_and_a_cold_item_is_scored_as_the_mode_says(tiny_data, mo
     if mode == "text_map":  # a new item with i40's text gets the row i40 is scored with
         expected[mode] = model.text_map_rows(["The comedy film number 40. Genre: comedy."])[0]
     assert torch.allclose(rows[item], expected[mode], atol=1e-5)
+
+
+def test_recommend_ranks_a_new_item_from_its_text_as_the_same_text_cold_item(tiny_data, capsys):
+    from conftest import tiny_config_dict
+
+    from recbole_cllm4rec.quick_start import run_model
+    from recbole_cllm4rec.recommend import main
+
+    without_interactions(tiny_data, "i40")
+    result = run_model("CLLM4Rec", "tiny", config_dict=tiny_config_dict(tiny_data, cold_item_rows="text_map"))
+    (tiny_data / "new.item").write_text("item_id:token\ttitle:token_seq\tgenre:token\nn1\tThe comedy film number 40\tcomedy\n")
+    out = tiny_data / "recs.tsv"
+    (tiny_data / "users.txt").write_text("u1\nu2\n")
+    main(["--checkpoint", result["checkpoint"], "--users-file", "users.txt", "--topk", "40", "--new-items", "new.item",
+          "--out", str(out)])
+    rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
+    for user in ("u1", "u2"):
+        scores = {item: float(score) for u, _, item, score, _ in rows if u == user}
+        assert "n1" in scores and scores["n1"] == pytest.approx(scores["i40"], abs=2e-4)
+    (tiny_data / "old.item").write_text("item_id:token\ttitle:token_seq\tgenre:token\ni3\tx\tcomedy\n")
+    with pytest.raises(SystemExit, match="already in the catalog"):
+        main(["--checkpoint", result["checkpoint"], "--user", "u1", "--new-items", "old.item"])
