@@ -35,7 +35,7 @@ from common import machine, run_once, settings
 from recbole_cllm4rec.comparison import markdown_table
 from recbole_cllm4rec.registry import PROPERTIES_DIR
 
-BASELINES = ["Pop", "ItemKNN", "BPR", "MultiVAE", "MultiDAE", "RecVAE", "LightGCN", "EASE", "EASEText"]
+BASELINES = ["Pop", "ItemKNN", "BPR", "MultiVAE", "MultiDAE", "RecVAE", "LightGCN", "EASE", "EASEText", "TextKNN"]
 SWEEPS: dict[str, list[dict]] = {
     "EASE": [{"reg_weight": w} for w in (25.0, 100.0, 250.0, 500.0, 1000.0)],
     # user text (ml-100k's age, gender, occupation as extra columns) lowered validation: not swept
@@ -106,6 +106,8 @@ VARIANTS: dict[str, dict] = {
 }  # fmt: skip
 METRICS = ["recall@20", "recall@40", "ndcg@100", "paperrecall@20", "paperrecall@40"]
 HEADER = ["model"] + METRICS + ["valid recall@20", "train time (s)", "eval time (s)", "stages (s)", "configuration", "split"]
+# a split with items that have no training interaction (``cold_items``): their two views, after the split
+COLD = [f"{part} cold-{view} recall@{k}" for part in ("test", "valid") for view in ("item", "only") for k in (20, 40)]
 COMMON = {"metrics": ["Recall", "NDCG", "PaperRecall"], "topk": [20, 40, 100], "valid_metric": "Recall@20",
           "show_progress": False, "use_gpu": torch.cuda.is_available()}  # fmt: skip
 
@@ -182,6 +184,7 @@ def table_row(row: str, recipe: str, best: dict) -> list:
         + [best["best_valid_result"].get("recall@20"), round(best["train_time"], 1), round(best["eval_time"], 1)]
         + [", ".join(f"{stage} {seconds:.0f}" for stage, seconds in best.get("stage_seconds", {}).items())]
         + [(f"recipe {recipe}: " if row.startswith("CLLM4Rec") else "") + configuration, best["split"]]
+        + [best["cold_result"].get(c) for c in COLD if best.get("cold_result")]
     )
 
 
@@ -191,7 +194,8 @@ def hardware() -> str:
 
 def write_table(args, command: str, rows: list[list], bests: list[tuple[str, dict]], hardware_of: dict) -> None:
     """``<out>/<dataset>.md``, ``.csv`` (with each row's hardware) and ``.png``; the table to stdout."""
-    table = markdown_table(HEADER, rows)
+    header = HEADER + (COLD if any(len(row) > len(HEADER) for row in rows) else [])
+    table = markdown_table(header, rows)
     title = f"{args.dataset}, test set, full ranking; {hardware()}, torch {torch.__version__}"
     print(f"\n{title}\n\n{table}")
     if not args.out:
@@ -200,7 +204,7 @@ def write_table(args, command: str, rows: list[list], bests: list[tuple[str, dic
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.dataset}.md").write_text(f"## {title}\n\n`{command}`\n\n{table}\n")
     with open(out / f"{args.dataset}.csv", "w", newline="") as f:
-        rows = [HEADER + ["hardware"]] + [row + [hardware_of.get(row[0], hardware())] for row in rows]
+        rows = [header + ["hardware"]] + [row + [hardware_of.get(row[0], hardware())] for row in rows]
         csv.writer(f, lineterminator="\n").writerows(rows)
     plot(args.dataset, bests, out / f"{args.dataset}.png")
 
@@ -237,8 +241,8 @@ def main(argv: list[str] | None = None) -> list[list]:
     for row, kept in kept_rows(args, HEADER):
         rows.append(kept[: len(HEADER)])
         bests.append((row, {"test_result": {m: float(kept[1 + k]) for k, m in enumerate(METRICS) if kept[1 + k]}}))
-        hardware_of[row] = kept[len(HEADER)]
-    if len({row[-1] for row in rows}) > 1:
+        hardware_of[row] = kept[-1]
+    if len({row[len(HEADER) - 1] for row in rows}) > 1:
         raise RuntimeError("models saw different splits")
     command = "python benchmarks/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_table(args, command, rows, bests, hardware_of)

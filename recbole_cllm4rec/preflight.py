@@ -35,7 +35,7 @@ def absolute_paths(config: dict) -> None:
 
     if config["llm_cache_dir"]:
         config["llm_cache_dir"] = os.path.abspath(os.path.expanduser(config["llm_cache_dir"]))
-    llm = config["llm"]
+    llm = config.get("llm")
     if isinstance(llm, str) and llm not in BUILTIN and os.path.isdir(os.path.expanduser(llm)):
         config["llm"] = os.path.abspath(os.path.expanduser(llm))
 
@@ -81,7 +81,7 @@ def check_cache_dir(config: dict) -> None:
     """The cache folder is writable where the run will write into it: the corpus cache (text keys
     set) and the converted backbone (``smollm2-135m`` not yet converted there). A read-only cache
     that already holds the converted backbone serves a run without text."""
-    if "llm_cache_dir" not in config:  # a model without an LM
+    if config.get("llm") is None:  # a model without an LM (a shared config may still set llm_cache_dir)
         return
     from recbole_cllm4rec.backbone import SMOLLM2_FOLDER, converted_folder_problem, default_cache_dir
 
