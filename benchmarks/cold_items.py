@@ -1,0 +1,61 @@
+"""What CLLM4Rec scores items without training interactions with (``cold_item_rows``), chosen on
+validation from one trained checkpoint: the choice changes scoring only, not training.
+
+    python benchmarks/cold_items.py --checkpoint saved/CLLM4Rec-<time>.pth
+    python benchmarks/cold_items.py --checkpoint saved/...pth --ridges 0.1,1,10 --test
+
+Each (``cold_item_rows``, ``text_map_ridge``) is scored on validation: Recall@20 over all targets
+(RecBole's full ranking), over cold targets in the full ranking and in the cold-only ranking
+(``recbole_cllm4rec.cold_items``). ``--test`` reads test once, for the configuration with the best
+validation Recall@20 over all targets. Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+
+from common import machine
+
+from recbole.trainer import Trainer
+
+from recbole_cllm4rec.cold_items import cold_item_results
+from recbole_cllm4rec.comparison import markdown_table
+from recbole_cllm4rec.quick_start import load_data_and_model
+
+COLUMNS = ["recall@20", "cold-item recall@20", "cold-only recall@20"]
+
+
+def score(trainer, model, config, train, part: str, data) -> list[float]:
+    """Recall@20 over all targets and the two cold views of one part (``valid`` or ``test``)."""
+    model._scoring_rows = (None, None)  # remade for the mode and ridge just set
+    overall = trainer.evaluate(data, load_best_model=False)["recall@20"]
+    views = cold_item_results(model, {part: data}, train.dataset, config)
+    return [overall] + [views.get(f"{part} {column}") for column in COLUMNS[1:]]
+
+
+def main(argv: list[str] | None = None) -> list[list]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--ridges", default="0.1,1,10", help="text_map_ridge values tried with text_map")
+    parser.add_argument("--test", action="store_true", help="read test once, for the best validation row")
+    args = parser.parse_args(argv)
+    config, model, _, train, valid, test = load_data_and_model(args.checkpoint)
+    model.eval()
+    trainer = Trainer(config, model)  # RecBole's own full-ranking evaluation; no run files of its own
+    choices = [("trained", None), ("content", None)] + [("text_map", float(r)) for r in args.ridges.split(",")]
+    rows = []
+    for mode, ridge in choices:
+        model.cold_item_rows, model.text_map_ridge = mode, ridge if ridge is not None else model.text_map_ridge
+        rows.append([mode, ridge] + score(trainer, model, config, train, "valid", valid))
+        print(rows[-1], flush=True)
+    header = ["cold_item_rows", "text_map_ridge"] + [f"valid {c}" for c in COLUMNS]
+    if args.test:
+        best = max(rows, key=lambda row: row[2])
+        model.cold_item_rows, model.text_map_ridge = best[0], best[1] if best[1] is not None else model.text_map_ridge
+        best += score(trainer, model, config, train, "test", test)
+        header += [f"test {c}" for c in COLUMNS]
+    print(f"\n{config['dataset']}, {args.checkpoint}; {machine()}\n\n{markdown_table(header, rows)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
