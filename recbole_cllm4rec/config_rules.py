@@ -1,8 +1,8 @@
 """Config rules: what each key accepts, refused early with one line naming the key and what it must be.
 
 A value of the wrong type or range is refused (``Rule``); a renamed key or a retired research option
-is refused with what to use instead; a key no part of RecBole or the plugin reads is a warning with
-the closest known key (a typo would otherwise be ignored); a config file that is missing or not
+is refused with what to use instead; a key the running model does not read is a warning naming the
+models that do, or the closest known key (a typo would otherwise be ignored); a config file that is missing or not
 YAML, and a ``.hyper`` search space RecBole would misread, are refused before any work.
 """
 from __future__ import annotations

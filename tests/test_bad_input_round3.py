@@ -108,8 +108,11 @@ def test_a_search_keeps_its_finished_trials_when_one_fails_later(tiny_data, monk
 def test_ctrl_c_in_a_search_writes_the_finished_trials(tiny_data, monkeypatch):
     from recbole_cllm4rec import quick_start
 
+    trials = []
+
     def interrupted_run(model, dataset, config_file_list, config_dict, saved):
-        if config_dict["lambda_c"] == 2:
+        trials.append(config_dict["lambda_c"])
+        if len(trials) == 2:  # Ctrl-C in the second trial (the order of an exhaustive search is drawn)
             raise KeyboardInterrupt
         return {"best_valid_score": 0.5, "valid_score_bigger": True, "best_valid_result": {"recall@10": 0.5}, "test_result": {"recall@10": 0.4}}
 
@@ -118,9 +121,9 @@ def test_ctrl_c_in_a_search_writes_the_finished_trials(tiny_data, monkeypatch):
     out = tiny_data / "trials.txt"
     with pytest.raises(KeyboardInterrupt) as stopped:
         run_hyper("CLLM4Rec", "tiny", str(tiny_data / "space.hyper"), config_dict=tiny_config_dict(tiny_data), output_file=str(out))
-    finished = out.read_text().count("Valid result:")
-    assert 1 <= finished <= 2 and "Failed" not in out.read_text()  # the order of an exhaustive search is drawn
-    assert interrupted(stopped.value) == f"interrupted; the {finished} finished trial(s) are in {out}"
+    assert out.read_text().count("Valid result:") == 1 and out.read_text().startswith(f"lambda_c:{trials[0]}\n")
+    assert "Failed" not in out.read_text()
+    assert interrupted(stopped.value) == f"interrupted; the 1 finished trial(s) are in {out}"
 
 
 # ---------------------------------------------------------------------- 7: cache folders
