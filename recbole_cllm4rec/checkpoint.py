@@ -31,6 +31,19 @@ def temporary_file(path: str) -> str:
     return f"{path}.tmp{os.getpid()}"
 
 
+@contextlib.contextmanager
+def replaced_whole(path: str | os.PathLike):
+    """The temporary name to write ``path``'s new content to: renamed to ``path`` when the block ends,
+    removed when it raises (Ctrl-C too), so ``path`` is whole or as it was, never half-written."""
+    tmp = temporary_file(str(path))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
 def atomic_save(state: dict, path: str) -> None:
     """``torch.save`` (with the tensors' checksum) to a temporary file, then rename: a crash never
     leaves a half-written checkpoint."""
@@ -39,9 +52,11 @@ def atomic_save(state: dict, path: str) -> None:
     try:
         torch.save(state, tmp, pickle_protocol=4)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch reports a full disk as "enforce fail ... unexpected pos"
+    except BaseException as exc:  # Ctrl-C mid-write too: the temporary file never stays
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if not isinstance(exc, (OSError, RuntimeError)):  # torch reports a full disk as "enforce fail ... unexpected pos"
+            raise
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
         said = " ".join(str(exc).split())[:200]
         reason = "no space left on its disk" if free < 64 * 2**20 else f"{type(exc).__name__}: {said}"
@@ -103,3 +118,46 @@ def resume_mismatch(checkpoint: dict, model: str, dataset: str, split: str | Non
     if split and checkpoint.get("split") and checkpoint["split"] != split:
         return f"it was trained on another split of {dataset} (fingerprint {checkpoint['split']}, this run's {split})"
     return None
+
+
+# keys a resume may change: how long it trains and what it shows, and where things are (the run's
+# files stay beside its resume point; the split's and the backbone's fingerprints are checked)
+RESUME_MAY_CHANGE = frozenset(
+    "epochs stopping_step eval_batch_size show_progress state log_wandb wandb_project checkpoint_dir data_path llm llm_cache_dir".split()
+)
+# keys of the process, never of the run: where it runs and how it was started
+PROCESS_KEYS = frozenset(
+    "resume device gpu_id use_gpu local_rank world_size nproc offset ip port single_spec verbose config_files worker".split()
+)
+
+
+def resume_setting_changes(checkpoint: dict, config, keys=None) -> tuple[str | None, list[str]]:
+    """(why a resume with ``config`` would not continue the run ``checkpoint`` saved, or ``None``;
+    the lines to log: the changes a resume may make, keys the resume point does not record).
+    ``keys``: only these (the keys the user gave, checked before the data is read), else every key.
+
+    A change to any other key (a learning rate the restored optimizer would not take, a loss weight,
+    a masking ratio) would silently make a run that neither setting describes."""
+    recorded, now = checkpoint["config"].final_config_dict, config.final_config_dict
+    refused, allowed, unrecorded = [], [], []
+    for key in sorted(set(now if keys is None else keys) - PROCESS_KEYS):
+        if key not in recorded:
+            unrecorded.append(key)
+        elif not same_value(recorded[key], now[key]):
+            (allowed if key in RESUME_MAY_CHANGE else refused).append(f"{key}={recorded[key]!r} -> {now[key]!r}")
+    notes = [f"resume changes {', '.join(allowed)}"] if allowed else []
+    if unrecorded:
+        notes.append(f"the resume point records no {', '.join(unrecorded)} (saved by an earlier version): not checked")
+    if not refused:
+        return None, notes
+    return (
+        f"it ran with other settings ({', '.join(refused)}): a resume continues the same run, so give the values "
+        f"it ran with or start a new run; a resume may change only {', '.join(sorted(RESUME_MAY_CHANGE))}"
+    ), notes
+
+
+def same_value(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):  # arrays, tensors: compared by what they print
+        return repr(a) == repr(b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from recbole_cllm4rec.checkpoint import replaced_whole
 from recbole_cllm4rec.cold_items import with_test_views
 
 
@@ -59,12 +60,14 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def save_comparison(results: list[dict], stem: Path) -> None:
-    """The comparison table on stdout and in ``<stem>.md`` / ``.csv``, drawn in ``<stem>.png``."""
+    """The comparison table on stdout and in ``<stem>.md`` / ``.csv`` (each written whole or not at all),
+    drawn in ``<stem>.png``."""
     header, rows = comparison_rows(results)
     table = markdown_table(header, rows)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".md").write_text(table + "\n")
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+    with replaced_whole(stem.with_suffix(".md")) as tmp, open(tmp, "w") as f:
+        f.write(table + "\n")
+    with replaced_whole(stem.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows([header] + rows)
     saved = [f"{stem}.md", f"{stem}.csv"] + ([f"{stem}.png"] if comparison_chart(results, stem.with_suffix(".png")) else [])
     print(f"\n{table}\n\nsaved to {', '.join(saved)}")

@@ -1,8 +1,8 @@
 """Config rules: what each key accepts, refused early with one line naming the key and what it must be.
 
 A value of the wrong type or range is refused (``Rule``); a renamed key or a retired research option
-is refused with what to use instead; a key no part of RecBole or the plugin reads is a warning with
-the closest known key (a typo would otherwise be ignored); a config file that is missing or not
+is refused with what to use instead; a key the running model does not read is a warning naming the
+models that do, or the closest known key (a typo would otherwise be ignored); a config file that is missing or not
 YAML, and a ``.hyper`` search space RecBole would misread, are refused before any work.
 """
 from __future__ import annotations
@@ -79,18 +79,65 @@ def check_config_values(config, rules: dict[str, Rule]) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def known_keys(properties_dir: str) -> frozenset[str]:
-    """Every key of RecBole's yaml files (all models and datasets) and of the plugin's, plus runtime keys."""
+def file_keys(file: Path) -> frozenset[str]:
+    """The top-level keys of a yaml file of defaults."""
+    loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+    return frozenset(loaded) if isinstance(loaded, dict) else frozenset()
+
+
+def yaml_keys(files) -> set[str]:
+    return set().union(*(file_keys(Path(file)) for file in files))
+
+
+@functools.lru_cache(maxsize=None)
+def model_yaml_files(properties_dir: str) -> dict[str, Path]:
+    """Model name -> its yaml of defaults: RecBole's ``properties/model/*.yaml`` and the plugin's
+    ``properties/<Model>.yaml``."""
     import recbole
 
-    files = list((Path(recbole.__file__).parent / "properties").rglob("*.yaml"))
-    files += list(Path(properties_dir).rglob("*.yaml"))
-    keys = set(RUNTIME_KEYS)
-    for file in files:
-        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-        if isinstance(loaded, dict):
-            keys.update(loaded)
-    return frozenset(keys)
+    files = sorted((Path(recbole.__file__).parent / "properties" / "model").glob("*.yaml"))
+    files += [file for file in sorted(Path(properties_dir).glob("*.yaml")) if file.name != "overall.yaml"]
+    return {file.stem: file for file in files}
+
+
+@functools.lru_cache(maxsize=None)
+def run_keys(properties_dir: str) -> frozenset[str]:
+    """Keys every run reads, whichever its model: RecBole's and the plugin's overall, dataset and
+    quick-start yaml files, plus the runtime keys (presets are configs of one model, not counted)."""
+    import recbole
+
+    files = [f for f in (Path(recbole.__file__).parent / "properties").rglob("*.yaml") if f.parent.name != "model"]
+    files += [f for f in Path(properties_dir).rglob("*.yaml") if f.parent.name in ("dataset",) or f.name == "overall.yaml"]
+    return frozenset(yaml_keys(files) | RUNTIME_KEYS)
+
+
+@functools.lru_cache(maxsize=None)
+def known_keys(properties_dir: str) -> frozenset[str]:
+    """Every key some run reads: the run's keys and every model's (RecBole's and the plugin's)."""
+    return run_keys(properties_dir) | yaml_keys(model_yaml_files(properties_dir).values())
+
+
+def keys_read_by(model_class: type, trainer_class: type, properties_dir: str | Path) -> frozenset[str]:
+    """The keys a run of ``model_class`` reads: the run's, its yaml files' (its bases' too, RecBole's
+    and the plugin's), its and its trainer's ``CONFIG_RULES``, and its ``EARLIER_KEYS``."""
+    files = model_yaml_files(str(properties_dir))
+    keys = yaml_keys(files[base.__name__] for base in model_class.__mro__ if base.__name__ in files)
+    keys |= {*getattr(model_class, "CONFIG_RULES", {}), *getattr(trainer_class, "CONFIG_RULES", {})}
+    return run_keys(str(properties_dir)) | keys | set(getattr(model_class, "EARLIER_KEYS", {}))
+
+
+def unread_key_problem(key: str, read: frozenset[str], model: str, properties_dir: str | Path) -> str | None:
+    """Why ``key`` changes nothing in a run of ``model`` (``read``: :func:`keys_read_by`), or ``None``: it
+    is another model's key, or no model's (with the closest known key: a typo)."""
+    if key in read:
+        return None
+    owners = [name for name, file in model_yaml_files(str(properties_dir)).items() if key in file_keys(file)]
+    if owners:
+        named = ", ".join(owners[:3]) + (f", ... {len(owners)} in all" if len(owners) > 3 else "")
+        return f"config key {key!r} is a key of other models ({named}), {model} does not read it"
+    known = known_keys(str(properties_dir)) | read
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"unknown config key {key!r}{f' (did you mean {close[0]!r}?)' if close else ''}: nothing reads it"
 
 
 # keys renamed after they were published: the old name is refused with the new one, never ignored
@@ -156,15 +203,8 @@ def check_renamed_keys(config) -> None:
         raise ValueError("; ".join(f"config key {key!r} was renamed: use {RENAMED_KEYS[key]}" for key in old))
 
 
-def unknown_key_warnings(config, properties_dir: str | Path, model_keys=()) -> list[str]:
-    """One warning per key the user gave (files, ``config_dict``, command line) that nothing reads."""
-    known = known_keys(str(properties_dir)) | set(model_keys)
-    warnings = []
-    for key in sorted(given_keys(config)):
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            warnings.append(f"unknown config key {key!r}{hint}: nothing reads it, it is ignored")
-    return warnings
-
-
+def unread_key_warnings(config, read: frozenset[str], properties_dir: str | Path) -> list[str]:
+    """One warning per key the user gave (files, ``config_dict``, command line) that the run's model
+    does not read (``read``: :func:`keys_read_by`)."""
+    problems = [unread_key_problem(key, read, config["model"], properties_dir) for key in sorted(given_keys(config))]
+    return [f"{problem}, it is ignored" for problem in problems if problem]

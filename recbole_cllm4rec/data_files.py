@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import string
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +82,27 @@ def field_values(dataset, source: str, fields: list[str], key: str) -> tuple[np.
     return internal_ids(dataset, id_field, frame[id_field]), values
 
 
-def template_fields(template: str) -> list[str]:
-    """The ``{field}`` names of a text template, in order."""
-    return re.findall(r"\{(\w+)\}", template)
+def template_fields(template: str, key: str = "item_text_template") -> list[str]:
+    """The ``{field}`` names of a text template, in order, as ``str.format`` reads it (``{{`` and ``}}``
+    are literal braces). A field with a format spec, a conversion or an attribute or index (``{title:>10}``,
+    ``{title!r}``, ``{title.upper}``), an empty or numbered one, or an unmatched brace is refused with
+    ``key``: filled from a column of text, each would give no text or not the text meant."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"config key {key}={template!r}: {exc}: write a literal brace as {{{{ or }}}}") from None
+    fields = []
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if spec or conversion or not re.fullmatch(r"[A-Za-z_]\w*", field):
+            written = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(
+                f"config key {key}={template!r}: {written} is not a plain field: write a column of the file as "
+                "{column} (no format spec, conversion, attribute or index), a literal brace as {{ or }}"
+            )
+        fields.append(field)
+    return fields
 
 
 def field_texts(dataset, source: str, template: str) -> list[str]:
@@ -92,7 +111,7 @@ def field_texts(dataset, source: str, template: str) -> list[str]:
     ``texts[i]`` is internal id ``i``'s text; ``""`` for ids without a row or with every referenced
     field empty (no document for them).
     """
-    fields = template_fields(template)
+    fields = template_fields(template, f"{source}_text_template")
     ids, values = field_values(dataset, source, fields, f"{source}_text_template {template!r}")
     texts = [""] * dataset.num(dataset.iid_field if source == "item" else dataset.uid_field)
     for row, row_values in zip(ids.tolist(), values):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from recbole_cllm4rec.checkpoint import replaced_whole
 from recbole_cllm4rec.data_files import field_texts, review_texts
 from recbole_cllm4rec.ids import IdLayout, SoftHardPrompt
 
@@ -96,14 +96,28 @@ def cached_content_documents(
         digest.update("\x00".join(texts).encode())
     path = Path(cache_dir) / f"{name}-{digest.hexdigest()}.pt"
     if path.is_file():
-        logger.info("content corpus: loaded from %s", path)
-        return ContentDocuments(**torch.load(path, weights_only=True))
+        cached = load_cached_documents(path)
+        if cached is not None:
+            logger.info("content corpus: loaded from %s", path)
+            return cached
     docs = build_content_documents(sources, tokenizer, max_seq_len)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"ids": docs.ids, "length": docs.length, "prompt_length": docs.prompt_length}, tmp)
-    os.replace(tmp, path)
+    with replaced_whole(path) as tmp:
+        torch.save({"ids": docs.ids, "length": docs.length, "prompt_length": docs.prompt_length}, tmp)
     logger.info("content corpus: %d documents tokenized and cached in %s", len(docs), path)
+    return docs
+
+
+def load_cached_documents(path: Path) -> ContentDocuments | None:
+    """The corpus cached in ``path``, or ``None`` with a warning when the file is damaged (a disk
+    error, a copy cut short): the caller builds it again and replaces the file."""
+    try:
+        docs = ContentDocuments(**torch.load(path, weights_only=True))
+        if not docs.ids.shape[0] == len(docs.length) == len(docs.prompt_length):
+            raise ValueError(f"{docs.ids.shape[0]} rows of ids, {len(docs.length)} lengths")
+    except Exception as exc:  # any unreadable content: rebuilt, never trusted
+        logger.warning("content corpus: the cached %s is damaged (%s): tokenizing again", path, " ".join(str(exc).split())[:120])
+        return None
     return docs
 
 

@@ -10,8 +10,6 @@ finished and failed trial, also after Ctrl-C, and is written whole or not at all
 from __future__ import annotations
 
 import ast
-import contextlib
-import difflib
 import math
 import os
 import sys
@@ -21,6 +19,7 @@ from recbole.trainer import HyperTuning
 from recbole.utils.utils import dict2str
 
 import recbole_cllm4rec  # noqa: F401  (shims + the paper metrics)
+from recbole_cllm4rec.checkpoint import replaced_whole
 from recbole_cllm4rec.cli import command_line, hyper_main
 from recbole_cllm4rec.preflight import unwritable
 from recbole_cllm4rec.registry import PROPERTIES_DIR, check_model_name, get_model, get_trainer
@@ -29,7 +28,8 @@ from recbole_cllm4rec.config_rules import (
     RENAMED_KEYS,
     Rule,
     check_retired_options,
-    known_keys,
+    keys_read_by,
+    unread_key_problem,
 )
 
 HYPER_FORMS = {
@@ -59,7 +59,8 @@ def check_hyper_file(path: str | Path, model: str = "CLLM4Rec") -> None:
     if not path.is_file():
         raise FileNotFoundError(f"params_file {path} does not exist")
     rules = config_rules(model)
-    known = known_keys(str(PROPERTIES_DIR)) | set(rules)
+    model_class = get_model(model)
+    read = keys_read_by(model_class, get_trainer(model_class.type, model), PROPERTIES_DIR)
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         fields = line.strip().split(" ")
         if not line.strip():
@@ -73,7 +74,7 @@ def check_hyper_file(path: str | Path, model: str = "CLLM4Rec") -> None:
             raise ValueError(f"{where}: {line.strip()!r} is not a RecBole search-space line: expected {expected}")
         for value in values:
             check_retired_options({fields[0]: value}, where)
-        problem = hyper_key_problem(fields[0], kind, values, rules.get(fields[0]), known)
+        problem = hyper_key_problem(fields[0], kind, values, rules.get(fields[0]), read, model)
         if problem:
             raise ValueError(f"{where}: {problem}")
 
@@ -100,13 +101,14 @@ def hyper_values(kind: str, values: str) -> list | None:
     return numbers[:2]
 
 
-def hyper_key_problem(key: str, kind: str, values: list, rule: Rule | None, known: frozenset[str]) -> str | None:
-    """Why a search-space line's key or one of its values would stop or void the search, or ``None``."""
+def hyper_key_problem(key: str, kind: str, values: list, rule: Rule | None, read: frozenset[str], model: str) -> str | None:
+    """Why a search-space line's key or one of its values would stop or void the search, or ``None``
+    (``read``: the keys a run of ``model`` reads; a search over any other runs identical trials)."""
     if key in RENAMED_KEYS:
         return f"config key {key!r} was renamed: use {RENAMED_KEYS[key]}"
-    if key not in known:
-        close = difflib.get_close_matches(key, known, n=1)
-        return f"unknown config key {key!r}{f' (did you mean {close[0]!r}?)' if close else ''}: nothing reads it"
+    unread = unread_key_problem(key, read, model, PROPERTIES_DIR)
+    if unread:
+        return unread + ("" if unread.endswith("nothing reads it") else ": every trial would be the same run")
     if rule is not None and rule.kind is int and kind != "choice":
         return f"config key {key} takes integers and {kind} draws floats: use {key} choice [...]"
     for value in values:
@@ -160,19 +162,13 @@ class Search(HyperTuning):
 
     def export_result(self, output_file=None) -> None:
         """Every trial's valid and test metrics, or its error, to a temporary file renamed into place."""
-        tmp = f"{output_file}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "w") as f:
-                for params, result in self.params2result.items():
-                    if "error" in result:
-                        f.write(f"{params}\nFailed: {result['error']}\n\n")
-                        continue
-                    f.write(f"{params}\nValid result:\n{dict2str(result['best_valid_result'])}\n")
-                    f.write(f"Test result:\n{dict2str(result['test_result'])}\n\n")
-            os.replace(tmp, output_file)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+        with replaced_whole(output_file) as tmp, open(tmp, "w") as f:
+            for params, result in self.params2result.items():
+                if "error" in result:
+                    f.write(f"{params}\nFailed: {result['error']}\n\n")
+                    continue
+                f.write(f"{params}\nValid result:\n{dict2str(result['best_valid_result'])}\n")
+                f.write(f"Test result:\n{dict2str(result['test_result'])}\n\n")
 
 
 def run_hyper(model: str, dataset: str, params_file: str, config_file_list=None, config_dict=None,

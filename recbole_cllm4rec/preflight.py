@@ -17,8 +17,13 @@ QUOTED_METRICS = "--metrics=\"['Recall','NDCG']\""
 
 
 def check_settings(config: dict) -> None:
-    """Refuse bad metrics and unwritable folders before any work (``config``: the merged settings)."""
+    """Refuse bad metrics, text templates and unwritable folders before any work (``config``: the merged settings)."""
+    from recbole_cllm4rec.data_files import template_fields
+
     check_metrics(config)
+    for key in ("item_text_template", "user_text_template"):
+        if config.get(key):
+            template_fields(config[key], key)
     check_checkpoint_dir(config["checkpoint_dir"])
     check_cache_dir(config)
 
@@ -113,3 +118,20 @@ def unwritable(folder: Path) -> str | None:
     except OSError as exc:
         return exc.strerror or type(exc).__name__
     return None
+
+
+def check_label_threshold(config: dict) -> None:
+    """Refuse ``threshold`` for a model that reads no label (``config``: after RecBole set ``MODEL_TYPE``):
+    RecBole turns the field into a 0/1 label that only context-aware models read, so every row, rated
+    low or not, still trains and counts as a positive. ``val_interval`` filters the rows."""
+    from recbole.utils import ModelType
+
+    threshold = config.get("threshold")
+    if not threshold or config["MODEL_TYPE"] in (ModelType.CONTEXT, ModelType.DECISIONTREE):
+        return
+    field, value = next(iter(threshold.items())) if isinstance(threshold, dict) else ("rating", threshold)
+    raise ValueError(
+        f"config key threshold={threshold!r} does nothing for {config['model']}: it makes a label that only "
+        f"context-aware models read, and rows with {field} below {value} still train and count as positives. "
+        f"To keep only the rows with {field} >= {value}, filter them: val_interval: {{{field}: \"[{value},inf)\"}}"
+    )

@@ -18,7 +18,7 @@ import yaml
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_cllm4rec.checkpoint import load_checkpoint
+from recbole_cllm4rec.checkpoint import load_checkpoint, resume_mismatch, resume_setting_changes
 from recbole_cllm4rec.cold_items import cold_item_results, cold_start_lines
 from recbole_cllm4rec.comparison import save_comparison
 from recbole_cllm4rec.config_rules import (
@@ -27,12 +27,14 @@ from recbole_cllm4rec.config_rules import (
     check_config_values,
     check_renamed_keys,
     check_retired_options,
-    unknown_key_warnings,
+    given_keys,
+    keys_read_by,
+    unread_key_warnings,
 )
 from recbole_cllm4rec.data_files import check_benchmark_rows, check_dataset_files
 from recbole_cllm4rec.preflight import check_cache_dir
 from recbole_cllm4rec.registry import PROPERTIES_DIR, Config, check_model_name, get_model, get_trainer, property_files, under_torchrun
-from recbole_cllm4rec.runfiles import latest_resume_point
+from recbole_cllm4rec.runfiles import latest_resume_point, resume_points
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +144,44 @@ def run_config(model: str, dataset: str, config_file_list=None, config_dict=None
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
     rules = {**COMMON_RULES, **getattr(get_model(config["model"]), "CONFIG_RULES", {})}
     check_config_values(config, {**rules, **getattr(trainer_class, "CONFIG_RULES", {})})
+    if config["resume"]:  # the keys given are checked before the data is read
+        check_resume_points(config)
     log.info(config)
-    for warning in unknown_key_warnings(config, PROPERTIES_DIR):
+    read = keys_read_by(get_model(config["model"]), trainer_class, PROPERTIES_DIR)
+    for warning in [*unread_key_warnings(config, read, PROPERTIES_DIR), *untrained_warning(config)]:
         log.warning(warning)
     return config, trainer_class
+
+
+def check_resume_points(config) -> None:
+    """Refuse a resume whose given keys change the run's settings, or of another model or dataset:
+    the named resume point, or with ``resume: true`` when every resume point of the model and dataset
+    refuses (which one is meant depends on the split, known once the data is read; the trainer then
+    checks every key of the one it resumes)."""
+    named = isinstance(config["resume"], str)
+    refusals = []
+    for path in [config["resume"]] if named else resume_points(config["checkpoint_dir"], config["model"]):
+        checkpoint = load_checkpoint(path, "cpu", verify=False)
+        mismatch = resume_mismatch(checkpoint, config["model"], config["dataset"], None)
+        if mismatch is None or named:
+            refusal = mismatch or resume_setting_changes(checkpoint, config, given_keys(config))[0]
+            if refusal is None:
+                return
+            refusals.append(f"cannot resume from {path}: {refusal}")
+    if refusals:
+        raise ValueError(refusals[0])
+
+
+def untrained_warning(config) -> list[str]:
+    """What the test of a run without finetuning epochs (``epochs: 0``) is of: nothing is validated."""
+    if config["epochs"] != 0:
+        return []
+    pretraining = {key: config[key] for key in ("content_warmup_epochs", "pretrain_epochs") if config[key] is not None}
+    if any(pretraining.values()):
+        return [f"epochs=0: no finetuning epoch runs and nothing is validated: the test is of the model after "
+                f"its {sum(pretraining.values())} pretraining epoch(s)"]  # fmt: skip
+    given = "".join(f", {key}=0" for key in pretraining)
+    return [f"nothing trains (epochs=0{given}): the test is of the starting model, and nothing is validated"]
 
 
 def run_data(config):
@@ -185,7 +221,7 @@ def train_and_test(trainer, config, data: tuple, fingerprint: str, saved: bool) 
     finally:
         getattr(trainer, "release_files", lambda: None)()  # CLLM4Rec's run lock; RecBole's trainers have none
     log = logging.getLogger()
-    log.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    log.info(set_color("best valid ", "yellow") + f": {best_valid_result or 'none (no epoch was validated)'}")
     log.info(set_color("test result", "yellow") + f": {test_result}")
     cold_result = cold_item_results(trainer.model, {"test": test_data, "valid": valid_data}, train_data.dataset, config)
     return {

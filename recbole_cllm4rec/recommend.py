@@ -14,14 +14,13 @@ CLLM4Rec reads their text through its text map (``model.text_map``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from recbole_cllm4rec.checkpoint import replaced_whole
 from recbole_cllm4rec.cli import command_line
 from recbole_cllm4rec.preflight import unwritable
 
@@ -125,14 +124,8 @@ def write_rows(rows: list[list], out: str | None) -> None:
     if out is None:
         _write_tsv(rows, sys.stdout)
         return
-    tmp = f"{out}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", newline="") as f:
-            _write_tsv(rows, f)
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    with replaced_whole(out) as tmp, open(tmp, "w", newline="") as f:
+        _write_tsv(rows, f)
 
 
 def _write_tsv(rows: list[list], stream) -> None:

@@ -140,11 +140,12 @@ class Config(RecBoleConfig):
     def _set_default_parameters(self) -> None:
         # imported here, not with the package: `python -m recbole_cllm4rec.datasets.split` runs it as __main__
         from recbole_cllm4rec.datasets.shipped import shipped_folder
-        from recbole_cllm4rec.preflight import absolute_paths, check_settings
+        from recbole_cllm4rec.preflight import absolute_paths, check_label_threshold, check_settings
 
         absolute_paths(self.final_config_dict)
         check_settings(self.final_config_dict)
         super()._set_default_parameters()
+        check_label_threshold(self.final_config_dict)
         if "data_path" not in self.external_config_dict:  # a data_path the user gives wins
             folder = shipped_folder(self.dataset, self.final_config_dict.get("llm_cache_dir"))
             if folder is not None:

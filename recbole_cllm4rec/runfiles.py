@@ -23,6 +23,15 @@ def run_file(best_model_file: str, ending: str) -> str:
     return best_model_file[: -len(".pth")] + ending
 
 
+def beside(best_model_file: str, resume_file: str) -> str:
+    """The best-model file a resume point names, as seen from here: a relative path (recorded by an
+    earlier version, relative to the folder that run started in) is the file of that name beside the
+    resume point, not one under the current folder."""
+    if os.path.isabs(best_model_file):
+        return best_model_file
+    return os.path.join(os.path.dirname(os.path.abspath(resume_file)), os.path.basename(best_model_file))
+
+
 class RunLock:
     """``<run>.lock``, held (``flock``) while a process trains or tests a run's files: two resumes of
     one resume point would write and test the same best model and report each other's results. The
@@ -118,9 +127,14 @@ def lock_run_files(best_model_file: str, rank: int, world: int) -> RunLock | Non
     return lock
 
 
+def resume_points(checkpoint_dir: str, model: str) -> list[str]:
+    """Every ``<model>-*-last.pth`` in ``checkpoint_dir``, newest first."""
+    return sorted(glob.glob(os.path.join(glob.escape(checkpoint_dir), f"{glob.escape(model)}-*-last.pth")), key=os.path.getmtime, reverse=True)
+
+
 def latest_resume_point(checkpoint_dir: str, model: str, dataset: str, split: str | None) -> str:
     """The newest ``<model>-*-last.pth`` in ``checkpoint_dir`` of this dataset and split (``resume: true``)."""
-    files = sorted(glob.glob(os.path.join(checkpoint_dir, f"{model}-*-last.pth")), key=os.path.getmtime, reverse=True)
+    files = resume_points(checkpoint_dir, model)
     for file in files:
         if resume_mismatch(load_checkpoint(file, "cpu", verify=False), model, dataset, split) is None:
             return file

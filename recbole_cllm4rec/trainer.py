@@ -19,7 +19,8 @@ epoch, RNG states, the backbone's fingerprint and the split fingerprint. The run
 (``runfiles``): ``<run>.pth`` is the best model (RecBole's), ``<run>-last.pth`` the resume point
 written after every epoch of either stage (with ``finetune_start: lowest_loss``, ``<run>-pretrain.pth``
 holds each side's tables of its lowest-loss pretraining pass). A resume point must match the run's
-model, dataset and split; one of a finished run only re-tests its best model.
+model, dataset and split, and its settings but the few a resume may change (``checkpoint.RESUME_MAY_CHANGE``);
+one of a finished run only re-tests its best model.
 """
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ from recbole.utils import set_color
 from tqdm import tqdm
 
 from recbole_cllm4rec.batches import documents_per_batch, token_budget_batches
-from recbole_cllm4rec.checkpoint import atomic_save, load_checkpoint, resume_mismatch, rng_state, set_rng_state
+from recbole_cllm4rec.checkpoint import atomic_save, load_checkpoint, resume_mismatch, resume_setting_changes, rng_state, set_rng_state
 from recbole_cllm4rec.config_rules import Rule, check_config_values
 from recbole_cllm4rec.distributed import GatheredEvaluator, WithoutDDP, all_reduce_gradients
-from recbole_cllm4rec.runfiles import RunLock, lock_run_files, reserve_run_files, run_file
+from recbole_cllm4rec.runfiles import RunLock, beside, lock_run_files, reserve_run_files, run_file
 
 
 class CLLM4RecTrainer(Trainer, WithoutDDP):
@@ -168,11 +169,14 @@ class CLLM4RecTrainer(Trainer, WithoutDDP):
         if "rng" not in checkpoint:
             raise ValueError(f"{resume_file} is a best-model checkpoint: resume from the run's -last.pth file")
         mismatch = resume_mismatch(checkpoint, self.config["model"], self.config["dataset"], self.split_fingerprint)
-        if mismatch:
-            raise ValueError(f"cannot resume from {resume_file}: {mismatch}")
+        refusal, notes = resume_setting_changes(checkpoint, self.config)
+        if mismatch or refusal:
+            raise ValueError(f"cannot resume from {resume_file}: {mismatch or refusal}")
+        for note in notes:
+            self.logger.warning(note)
         self.model.load_state_dict(checkpoint["state_dict"])  # refuses another backbone
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        self.saved_model_file = checkpoint["best_model_file"]
+        self.saved_model_file = beside(checkpoint["best_model_file"], str(resume_file))
         self._lock_files()  # refuses a second process on the same run
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]

@@ -93,8 +93,12 @@ def test_a_resume_point_must_match_dataset_and_split(tiny_data):
         run_model("CLLM4Rec", "other", config_dict=quick(tiny_data, resume=resume_point))
     with pytest.raises(FileNotFoundError, match=r"no CLLM4Rec-\*-last.pth checkpoint of other .*\(1 of other datasets or splits\)"):
         run_model("CLLM4Rec", "other", config_dict=quick(tiny_data, resume=True))
-    with pytest.raises(ValueError, match=r"trained on another split of tiny"):  # another seed: another split
+    with pytest.raises(ValueError, match=r"it ran with other settings \(seed=2020 -> 7\)"):  # another seed: another run
         run_model("CLLM4Rec", "tiny", config_dict=quick(tiny_data, resume=resume_point, seed=7))
+    inter = tiny_data / "tiny" / "tiny.inter"
+    inter.write_text("".join(inter.read_text().splitlines(keepends=True)[:-1]))  # one interaction less: another split
+    with pytest.raises(ValueError, match=r"trained on another split of tiny"):
+        run_model("CLLM4Rec", "tiny", config_dict=quick(tiny_data, resume=resume_point))
 
 
 # ---------------------------------------------------------------- 3. checksum

@@ -108,11 +108,11 @@ def test_a_search_keeps_its_finished_trials_when_one_fails_later(tiny_data, monk
 def test_ctrl_c_in_a_search_writes_the_finished_trials(tiny_data, monkeypatch):
     from recbole_cllm4rec import quick_start
 
-    calls = []
+    trials = []
 
     def interrupted_run(model, dataset, config_file_list, config_dict, saved):
-        calls.append(config_dict["lambda_c"])
-        if len(calls) == 2:  # Ctrl-C during the second trial, whichever value the search drew
+        trials.append(config_dict["lambda_c"])
+        if len(trials) == 2:  # Ctrl-C in the second trial (the order of an exhaustive search is drawn)
             raise KeyboardInterrupt
         return {"best_valid_score": 0.5, "valid_score_bigger": True, "best_valid_result": {"recall@10": 0.5}, "test_result": {"recall@10": 0.4}}
 
@@ -121,8 +121,8 @@ def test_ctrl_c_in_a_search_writes_the_finished_trials(tiny_data, monkeypatch):
     out = tiny_data / "trials.txt"
     with pytest.raises(KeyboardInterrupt) as stopped:
         run_hyper("CLLM4Rec", "tiny", str(tiny_data / "space.hyper"), config_dict=tiny_config_dict(tiny_data), output_file=str(out))
-    assert out.read_text().count("Valid result:") == 1 and "Failed" not in out.read_text()
-    assert out.read_text().startswith(f"lambda_c:{calls[0]}\n")
+    assert out.read_text().count("Valid result:") == 1 and out.read_text().startswith(f"lambda_c:{trials[0]}\n")
+    assert "Failed" not in out.read_text()
     assert interrupted(stopped.value) == f"interrupted; the 1 finished trial(s) are in {out}"
 
 
@@ -196,7 +196,7 @@ from recbole_cllm4rec.cli import command_line, main
 save = trainer.CLLM4RecTrainer._save_resume_point
 def save_then_interrupt(self, epoch):  # Ctrl-C right after the first finetuning epoch's resume point
     save(self, epoch)
-    if self.finetuning:
+    if self.stage == "finetune":
         os.kill(os.getpid(), signal.SIGINT)
 trainer.CLLM4RecTrainer._save_resume_point = save_then_interrupt
 command_line(main)
@@ -287,3 +287,243 @@ def test_the_paths_a_checkpoint_records_work_from_another_folder(tiny_data, monk
     again = run_model("CLLM4Rec", "tiny", config_dict={**settings, "resume": resume_point})
     assert again["checkpoint"] == first["checkpoint"] and again["test_result"] == first["test_result"]
     assert not list(elsewhere.rglob("*.pth"))  # the resumed run's files stay where its resume point says
+
+
+# ---------------------------------------------------------------------- 1: resumes keep their settings
+def interrupt_after_first_finetuning_epoch(monkeypatch) -> None:
+    from recbole_cllm4rec import trainer
+
+    save = trainer.CLLM4RecTrainer._save_resume_point
+
+    def save_then_interrupt(self, epoch):
+        save(self, epoch)
+        if self.stage == "finetune":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.CLLM4RecTrainer, "_save_resume_point", save_then_interrupt)
+
+
+def interrupted_run(tiny_data, monkeypatch, **overrides) -> tuple[dict, str]:
+    """(settings, resume point) of a run stopped after its first finetuning epoch (as a kill -9 leaves it)."""
+    from recbole_cllm4rec.quick_start import run_model
+
+    settings = tiny_config_dict(tiny_data, epochs=2, **overrides)
+    with monkeypatch.context() as patched:
+        interrupt_after_first_finetuning_epoch(patched)
+        with pytest.raises(KeyboardInterrupt):
+            run_model("CLLM4Rec", "tiny", config_dict=settings)
+    (resume_point,) = (tiny_data / "saved").glob("*-last.pth")
+    return settings, str(resume_point)
+
+
+def test_a_resume_that_changes_a_setting_is_refused_with_both_values(tiny_data, monkeypatch):
+    import yaml
+
+    settings, resume_point = interrupted_run(tiny_data, monkeypatch)
+    before = Path(resume_point).read_bytes()
+    (tiny_data / "run.yaml").write_text(yaml.safe_dump(settings))
+    done = command([str(ROOT / "run_recbole.py"), "--dataset=tiny", "--config_files=run.yaml", "--resume=True",
+                    "--learning_rate=0.1", "--lambda_c=5", "--mask_ratio=0.5"], tiny_data)  # fmt: skip
+    refused_in_one_line(done, f"run_recbole.py: error: cannot resume from {resume_point}: it ran with other settings "
+                              "(lambda_c=1000.0 -> 5, learning_rate=0.0003 -> 0.1, mask_ratio=0.2 -> 0.5): a resume continues "
+                              "the same run, so give the values it ran with or start a new run; a resume may change only "
+                              "checkpoint_dir, data_path, epochs, eval_batch_size, llm, ")  # fmt: skip
+    assert Path(resume_point).read_bytes() == before
+
+
+def test_a_resume_may_change_how_long_it_trains_and_says_so(tiny_data, monkeypatch, caplog):
+    from recbole_cllm4rec.quick_start import run_model
+
+    settings, resume_point = interrupted_run(tiny_data, monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        resumed = run_model("CLLM4Rec", "tiny", config_dict={**settings, "epochs": 3, "stopping_step": 7, "resume": resume_point})
+    assert "resume changes epochs=2 -> 3, stopping_step=5 -> 7" in caplog.text
+    assert len(resumed["valid_history"]) == 3  # one before the interruption, two after it
+
+
+def test_an_older_resume_point_resumes_with_what_it_could_not_check_and_finds_its_best_model(tiny_data, monkeypatch, caplog):
+    """A resume point of an earlier version: a key added since is not in its settings, and its best-model
+    path is relative to the folder that run started in."""
+    from recbole_cllm4rec.checkpoint import atomic_save, load_checkpoint
+    from recbole_cllm4rec.quick_start import run_model
+
+    settings, resume_point = interrupted_run(tiny_data, monkeypatch)
+    old = load_checkpoint(resume_point, "cpu")
+    best = old["best_model_file"]
+    del old["config"].final_config_dict["learning_rate_decay"], old["checksum"]
+    old["best_model_file"] = os.path.join("saved", os.path.basename(best))
+    atomic_save(old, resume_point)
+    elsewhere = tiny_data / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with caplog.at_level(logging.WARNING):
+        resumed = run_model("CLLM4Rec", "tiny", config_dict={**settings, "resume": resume_point})
+    assert "the resume point records no learning_rate_decay (saved by an earlier version): not checked" in caplog.text
+    assert resumed["checkpoint"] == best and len(resumed["valid_history"]) == 2
+    assert not list(elsewhere.rglob("*.pth"))
+
+
+# ---------------------------------------------------------------------- 2: keys only other models read
+def test_keys_only_other_models_read_are_named_with_their_models(tiny_data):
+    from recbole_cllm4rec.config_rules import keys_read_by, unread_key_warnings
+    from recbole_cllm4rec.registry import PROPERTIES_DIR, get_model, get_trainer
+
+    def warnings(model: str, **extra) -> list[str]:
+        config = Config(model=model, dataset="tiny", config_dict={**tiny_config_dict(tiny_data), **extra})
+        model_class = get_model(model)
+        return unread_key_warnings(config, keys_read_by(model_class, get_trainer(model_class.type, model), PROPERTIES_DIR), PROPERTIES_DIR)
+
+    assert warnings("CLLM4Rec") == []  # every key of the tests' runs is read
+    assert warnings("CLLM4Rec", embedding_size=512, n_layers=12, dropout_prob=0.9, lamda_c=2) == [
+        "config key 'dropout_prob' is a key of other models (AFM, Caser, ConvNCF, ... 33 in all), CLLM4Rec does not read it, it is ignored",
+        "config key 'embedding_size' is a key of other models (AFM, AutoInt, BPR, ... 69 in all), CLLM4Rec does not read it, it is ignored",
+        "unknown config key 'lamda_c' (did you mean 'lambda_c'?): nothing reads it, it is ignored",
+        "config key 'n_layers' is a key of other models (AutoInt, BERT4Rec, CORE, ... 18 in all), CLLM4Rec does not read it, it is ignored",
+    ]
+    bpr = warnings("BPR", embedding_size=512)
+    assert not any("embedding_size" in line for line in bpr)
+    assert "config key 'llm' is a key of other models (CLLM4Rec), BPR does not read it, it is ignored" in bpr
+
+
+def test_a_search_over_a_key_the_model_does_not_read_is_refused(tmp_path):
+    space = tmp_path / "space.hyper"
+    space.write_text("lambda_c choice [1,2]\nembedding_size choice [64,128]\n")
+    with pytest.raises(ValueError) as refused:
+        check_hyper_file(space, "CLLM4Rec")
+    assert str(refused.value) == (f"{space}:2: config key 'embedding_size' is a key of other models (AFM, AutoInt, BPR, ... 69 in all), "
+                                  "CLLM4Rec does not read it: every trial would be the same run")  # fmt: skip
+
+
+# ---------------------------------------------------------------------- 3: a label threshold
+def test_a_label_threshold_is_refused_and_val_interval_filters(tiny_data):
+    from recbole.data import create_dataset
+
+    done = command([str(ROOT / "run_recbole.py"), "--dataset=tiny", "--data_path=.", "--llm=tiny-random", "--threshold={'rating': 4}"], tiny_data)
+    refused_in_one_line(done, "run_recbole.py: error: config key threshold={'rating': 4} does nothing for CLLM4Rec: it makes a label "
+                              "that only context-aware models read, and rows with rating below 4 still train and count as positives. "
+                              "To keep only the rows with rating >= 4, filter them: val_interval: {rating: \"[4,inf)\"}")  # fmt: skip
+    ratings = [float(line.split("\t")[2]) for line in (tiny_data / "tiny" / "tiny.inter").read_text().splitlines()[1:]]
+    kept = sum(r >= 4 for r in ratings)
+    assert 0 < kept < len(ratings)
+    for given in ({"rating": "[4,inf)"}, "{'rating': '[4,inf)'}"):  # a yaml value, a command-line one
+        config = Config(model="CLLM4Rec", dataset="tiny", config_dict={**tiny_config_dict(tiny_data), "val_interval": given})
+        assert create_dataset(config).inter_num == kept
+
+
+# ---------------------------------------------------------------------- 4: text templates
+@pytest.mark.parametrize(
+    "template, refusal",
+    [
+        ("{title:>10}", "{title:>10} is not a plain field: write a column of the file as {column} (no format spec, conversion, attribute or index), a literal brace as {{ or }}"),
+        ("{title.upper}", "{title.upper} is not a plain field: "),
+        ("{title!r}", "{title!r} is not a plain field: "),
+        ("{0}", "{0} is not a plain field: "),
+        ("{title", "expected '}' before end of string: write a literal brace as {{ or }}"),
+        ("title}", "Single '}' encountered in format string: write a literal brace as {{ or }}"),
+    ],
+)
+def test_a_template_field_the_parser_would_not_fill_is_refused_with_the_config(tiny_data, template, refusal):
+    with pytest.raises(ValueError) as refused:
+        Config(model="CLLM4Rec", dataset="tiny", config_dict={**tiny_config_dict(tiny_data), "item_text_template": template})
+    assert str(refused.value).startswith(f"config key item_text_template={template!r}: {refusal}")
+
+
+def test_a_bad_template_is_one_line_and_literal_braces_work(tiny_data):
+    from recbole.data import create_dataset
+
+    from recbole_cllm4rec.data_files import field_texts
+
+    done = command([str(ROOT / "run_recbole.py"), "--dataset=tiny", "--data_path=.", "--llm=tiny-random", "--item_text_template={title.upper}"], tiny_data)
+    refused_in_one_line(done, "run_recbole.py: error: config key item_text_template='{title.upper}': {title.upper} is not a plain field")
+    config = Config(model="CLLM4Rec", dataset="tiny", config_dict={**tiny_config_dict(tiny_data), "item_text_template": "{{{title}}} {{x}}"})
+    texts = field_texts(create_dataset(config), "item", config["item_text_template"])
+    assert "{The comedy film number 4} {x}" in texts
+
+
+# ---------------------------------------------------------------------- 5: a valid_metric that is not computed
+def test_a_valid_metric_at_a_cut_off_outside_topk_is_one_line_before_any_work(tiny_data):
+    done = command([str(ROOT / "run_recbole.py"), "--dataset=tiny", "--data_path=.", "--llm=tiny-random", "--valid_metric=Recall@20",
+                    "--topk=[5,10]"], tiny_data)  # fmt: skip
+    refused_in_one_line(done, "run_recbole.py: error: config key valid_metric='Recall@20' needs the cut-off 20 in topk=[5, 10]: "
+                              "the first validation would stop on it. Add 20 to topk or validate at one of its cut-offs")  # fmt: skip
+    assert not (tiny_data / "saved").exists() and not (tiny_data / "log").exists()
+
+
+# ---------------------------------------------------------------------- 11: nothing trained
+def test_a_run_without_epochs_says_what_its_test_is_of(tiny_data, caplog):
+    from recbole_cllm4rec.quick_start import run_model
+
+    settings = tiny_config_dict(tiny_data, epochs=0, pretrain_epochs=0, content_warmup_epochs=0)
+    with caplog.at_level(logging.WARNING):
+        result = run_model("CLLM4Rec", "tiny", config_dict=settings)
+    assert "nothing trains (epochs=0, content_warmup_epochs=0, pretrain_epochs=0): the test is of the starting model, and nothing is validated" in caplog.text
+    assert result["best_valid_result"] == {} and result["valid_history"] == [] and "recall@10" in result["test_result"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_model("CLLM4Rec", "tiny", config_dict={**settings, "pretrain_epochs": 1})
+    assert "epochs=0: no finetuning epoch runs and nothing is validated: the test is of the model after its 1 pretraining epoch(s)" in caplog.text
+
+
+# ---------------------------------------------------------------------- files written whole or not at all
+def test_ctrl_c_while_a_checkpoint_is_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import torch
+
+    from recbole_cllm4rec import checkpoint
+
+    path = tmp_path / "CLLM4Rec-1-last.pth"
+    checkpoint.atomic_save({"state_dict": {"w": torch.ones(2)}}, str(path))
+    before = path.read_bytes()
+
+    def interrupted_save(state, file, **kwargs):
+        Path(file).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_save({"state_dict": {"w": torch.zeros(2)}}, str(path))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name] and path.read_bytes() == before
+
+
+def test_a_damaged_content_cache_is_rebuilt_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch, caplog):
+    import torch
+
+    from recbole_cllm4rec import documents
+
+    tokenizer = backbone.load_backbone("tiny-random")[1]
+    sources = {"item": (torch.zeros(3, 2, dtype=torch.long), ["a film", "", "another film about cats"])}
+    built = documents.cached_content_documents(sources, tokenizer, 32, tmp_path, "tiny")
+    (cached,) = tmp_path.iterdir()
+    cached.write_bytes(cached.read_bytes()[:100])  # cut short
+    with caplog.at_level(logging.WARNING, logger="recbole_cllm4rec.documents"):
+        again = documents.cached_content_documents(sources, tokenizer, 32, tmp_path, "tiny")
+    assert f"content corpus: the cached {cached} is damaged (" in caplog.text and "): tokenizing again" in caplog.text
+    assert torch.equal(again.ids, built.ids) and torch.equal(again.length, built.length)
+    assert torch.equal(documents.load_cached_documents(cached).ids, built.ids)  # the file is whole again
+
+    def failing_save(state, file, **kwargs):
+        Path(file).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(documents.torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        documents.cached_content_documents({"user": sources["item"]}, tokenizer, 32, tmp_path, "tiny")
+    assert list(tmp_path.iterdir()) == [cached]
+
+
+def test_a_comparison_table_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from recbole_cllm4rec import comparison
+
+    result = {"model": "BPR", "dataset": "tiny", "split": "abc", "test_result": {"recall@10": 0.5}, "best_valid_result": {"recall@10": 0.4},
+              "train_time": 1.0, "eval_time": 0.5}  # fmt: skip
+    monkeypatch.setattr(comparison, "comparison_chart", lambda results, path: False)
+    comparison.save_comparison([result], tmp_path / "tiny-BPR")
+    assert (tmp_path / "tiny-BPR.csv").read_bytes() == b"model,test recall@10,valid recall@10,train time (s),eval time (s),split\r\nBPR,0.5,0.4,1.0,0.5,abc\r\n"
+
+    def interrupted_writer(stream):
+        stream.write("model,te")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(comparison.csv, "writer", interrupted_writer)
+    with pytest.raises(KeyboardInterrupt):
+        comparison.save_comparison([result], tmp_path / "again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.md", "tiny-BPR.csv", "tiny-BPR.md"]

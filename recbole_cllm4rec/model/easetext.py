@@ -40,7 +40,7 @@ def text_features(dataset, source: str, template: str) -> sp.csr_matrix:
     entries; otherwise the lower-case words. Each feature is named by its field, so a year and a
     title word never merge; features that only one id has are kept (they add to that id's ridge).
     """
-    fields = list(dict.fromkeys(template_fields(template)))  # a field named twice counts once
+    fields = list(dict.fromkeys(template_fields(template, f"{source}_text_template")))  # a field named twice counts once
     ids, values = field_values(dataset, source, fields, f"{source}_text_template {template!r}")
     n_ids = dataset.num(dataset.iid_field if source == "item" else dataset.uid_field)
     vocabulary: dict[str, int] = {}
