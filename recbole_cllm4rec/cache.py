@@ -25,22 +25,19 @@ def default_cache_dir() -> Path:
 
 
 def cached_tensor(path: Path, build: Callable[[], torch.Tensor], what: str) -> torch.Tensor:
-    """``build()``, stored at ``path`` the first time and loaded from there after; written to a
-    temporary file and renamed (a killed run never leaves half a file), and a file that cannot be
-    read back is built again."""
+    """``build()``, stored at ``path`` the first time and loaded from there after; written whole
+    (``checkpoint.replaced_whole``), and a file that cannot be read back is built again."""
     if path.is_file():
         try:
             return torch.load(path, weights_only=True)
         except Exception as exc:  # noqa: BLE001 (any damage: truncated, not a torch file)
             logger.warning("%s: %s cannot be read (%s): building it again", what, path, type(exc).__name__)
+    from recbole_cllm4rec.checkpoint import replaced_whole
+
     value = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    try:
+    with replaced_whole(path) as tmp:
         torch.save(value, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("%s: cached in %s", what, path)
     return value
 
