@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from recbole_cllm4rec.checkpoint import replaced_whole
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,8 +34,6 @@ def cached_tensor(path: Path, build: Callable[[], torch.Tensor], what: str) -> t
             return torch.load(path, weights_only=True)
         except Exception as exc:  # noqa: BLE001 (any damage: truncated, not a torch file)
             logger.warning("%s: %s cannot be read (%s): building it again", what, path, type(exc).__name__)
-    from recbole_cllm4rec.checkpoint import replaced_whole
-
     value = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     with replaced_whole(path) as tmp:
