@@ -16,9 +16,12 @@ import torch
 
 
 def patch_numpy_aliases() -> None:
-    """numpy 2 removed aliases that recbole's Config (``np.float_``) and ray.tune (``np.bool8``) use."""
+    """numpy 2 removed aliases that recbole's Config (``np.float_``), its metrics (``np.float``, which
+    only its Config defines: a model loaded from a checkpoint is evaluated without one) and ray.tune
+    (``np.bool8``) use."""
     for alias, target in {
         "float_": np.float64,
+        "float": np.float64,
         "complex_": np.complex128,
         "bool8": np.bool_,
         "unicode_": np.str_,

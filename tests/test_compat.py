@@ -14,6 +14,16 @@ def test_numpy_aliases_point_at_the_numpy2_types():
     assert np.float_ is np.float64 and np.bool8 is np.bool_ and np.complex_ is np.complex128
 
 
+def test_recbole_ndcg_computes_without_a_recbole_config(monkeypatch):
+    """A model loaded from a checkpoint is evaluated without RecBole's Config, which alone defined np.float."""
+    from recbole.evaluator.metrics import NDCG
+
+    monkeypatch.delattr(np, "float", raising=False)  # as before any Config was built in this process
+    compat.patch_numpy_aliases()
+    ndcg = NDCG.metric_info(None, np.array([[True, False]]), np.array([1]))  # the hit at rank 1: 1, then 1
+    assert ndcg.tolist() == [[1.0, 1.0]]
+
+
 def test_recbole_config_and_ray_tune_import():
     import recbole.config  # noqa: F401  (uses np.float_ at import)
     import recbole.quick_start  # noqa: F401  (imports ray.tune, which uses np.bool8)
