@@ -86,7 +86,7 @@ def check_cache_dir(config: dict) -> None:
     """The cache folder is writable where the run will write into it: the corpus cache (text keys
     set) and the converted backbone (``smollm2-135m`` not yet converted there). A read-only cache
     that already holds the converted backbone serves a run without text."""
-    if config.get("llm") is None:  # a model without an LM (a shared config may still set llm_cache_dir)
+    if config.get("llm") is None or "llm_cache_dir" not in config:  # a model without an LM (a shared config may set either)
         return
     from recbole_cllm4rec.backbone import SMOLLM2_FOLDER, converted_folder_problem, default_cache_dir
 

@@ -38,9 +38,11 @@ def test_model_losses_are_the_same_chunked_and_whole(tiny_data, stage):
     for chunk in (3, 1_000_000):
         _, model, _ = make_model(tiny_data, item_chunk_size=chunk)
         torch.manual_seed(1)  # same item order and masking in both runs
-        loss, reg = getattr(model, f"{stage}_loss" if stage == "recommendation" else "collaborative_lm_loss")(
-            torch.arange(1, 12)
-        )
+        users = torch.arange(1, 12)
+        if stage == "recommendation":
+            loss, reg = model.recommendation_loss(users, users_per_batch=4.0)
+        else:
+            loss, reg = model.collaborative_lm_loss(users)
         (loss + reg).backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.trainable_parameters() if p.grad is not None]))
     (loss_a, grads_a), (loss_b, grads_b) = results
