@@ -70,9 +70,13 @@ def test_the_selection_keeps_the_epoch_with_the_best_sum_over_every_epoch(tiny_d
 
     monkeypatch.setattr(CLLM4RecTrainer, "_save_checkpoint", save)
     paper = yaml.safe_load(PRESET.read_text())
+    # validation is scripted: the 40-item catalog's missing top 100 (PaperScore's) never gets read
+    from recbole_cllm4rec import quick_start
+
+    monkeypatch.setattr(quick_start, "fit_topk_to_catalog", lambda config, n_items: None)
     config = tiny_config_dict(
         tiny_data, valid_metric=paper["valid_metric"], epochs=4, stopping_step=paper["stopping_step"], pretrain_epochs=0,
-        content_warmup_epochs=0, eval_step=1, metrics=["Recall"], topk=[20],
+        content_warmup_epochs=0, eval_step=1, metrics=["Recall", "PaperScore"], topk=[20, 100],
     )
     trainer = {}
     monkeypatch.setattr(CLLM4RecTrainer, "release_files", lambda self: trainer.setdefault("t", self))
