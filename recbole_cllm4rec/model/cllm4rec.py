@@ -83,11 +83,12 @@ class CLLM4Rec(FrozenLM, ColdItemHead, GeneralRecommender):
         "readout_skip": Rule(float, low=0, optional=True),
         "readout_state_weight": Rule(float, low=0),
         "item_bias": Rule(bool),
-        "cold_item_rows": Rule(str, choices=COLD_ITEM_ROWS),
-        "text_map_ridge": Rule(float, low=0),
         "visible_target_weight": Rule(float, low=0, high=1),
         "eval_batch_tokens": Rule(int, low=1),
         "item_chunk_size": Rule(int, low=1),
+        # build_cold_items
+        "cold_item_rows": Rule(str, choices=COLD_ITEM_ROWS),
+        "text_map_ridge": Rule(float, low=0),
     }
 
     # a key that did not exist when a checkpoint was saved -> the key whose value it had then
@@ -105,6 +106,7 @@ class CLLM4Rec(FrozenLM, ColdItemHead, GeneralRecommender):
         self.build_documents(config, dataset)
         self.init_id_tables(config, start_tables)
         self.build_item_head(config)
+        self.build_cold_items(config, dataset)
 
     # ------------------------------------------------------------------ construction
     def build_id_tables(self, config) -> None:
@@ -216,7 +218,6 @@ class CLLM4Rec(FrozenLM, ColdItemHead, GeneralRecommender):
             log_pop = (torch.bincount(history[history > 0], minlength=self.n_items).float() + 1).log()
             with torch.no_grad():
                 self.item_bias.weight[:, 0] = log_pop - log_pop[1:].mean()
-        self.build_cold_items(config)
 
     # ------------------------------------------------------------------ parameters and checkpoints
     def id_tables(self) -> list[nn.Embedding]:

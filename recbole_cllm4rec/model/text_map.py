@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from recbole_cllm4rec.cold_items import cold_item_mask
 from recbole_cllm4rec.documents import build_content_documents
 from recbole_cllm4rec.ids import SoftHardPrompt
 from recbole_cllm4rec.model.starts import text_readings
@@ -69,9 +70,10 @@ class ColdItemHead:
     """The item head's rows when scoring, and for items that arrive after training: CLLM4Rec's part
     that reads ``cold_item_rows`` (a mixin, as ``FrozenLM``)."""
 
-    def build_cold_items(self, config) -> None:
-        history = self.documents.history_items
-        warm = torch.bincount(history[history > 0], minlength=self.n_items) > 0
+    def build_cold_items(self, config, dataset) -> None:
+        """``dataset``: the training data, whose items are the warm ones (``cold_items.cold_item_mask``)."""
+        warm = ~cold_item_mask(dataset)
+        warm[0] = False  # the padding id is neither
         self.register_buffer("warm_items", warm, persistent=False)
         self.cold_item_rows = config["cold_item_rows"]
         self.text_map_ridge = float(config["text_map_ridge"])
