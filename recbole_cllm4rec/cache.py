@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,14 +27,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "recbole_cllm4rec"
 
 
-def cached_tensor(path: Path, build: Callable[[], torch.Tensor], what: str) -> torch.Tensor:
-    """``build()``, stored at ``path`` the first time and loaded from there after; written whole
-    (``checkpoint.replaced_whole``), and a file that cannot be read back is built again."""
+def cached_value(path: Path, build: Callable[[], Any], what: str, check: Callable[[Any], None] | None = None) -> Any:
+    """``build()`` (tensors, or a dict of them), stored at ``path`` the first time and loaded from there
+    after; written whole (``checkpoint.replaced_whole``). A file that cannot be read back, or whose value
+    ``check`` refuses (raises), is built again with a warning."""
     if path.is_file():
         try:
-            return torch.load(path, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 (any damage: truncated, not a torch file)
-            logger.warning("%s: %s cannot be read (%s): building it again", what, path, type(exc).__name__)
+            value = torch.load(path, weights_only=True)
+            if check is not None:
+                check(value)
+            logger.info("%s: loaded from %s", what, path)
+            return value
+        except Exception as exc:  # noqa: BLE001 (any damage: truncated, not a torch file, refused)
+            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+            logger.warning("%s: the cached %s is damaged (%s): building it again", what, path, reason)
     value = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     with replaced_whole(path) as tmp:

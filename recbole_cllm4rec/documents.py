@@ -7,7 +7,6 @@ owns their lengths, so token-budget packing counts exactly what the builders mak
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from recbole_cllm4rec.checkpoint import replaced_whole
+from recbole_cllm4rec.cache import cached_value, digest
 from recbole_cllm4rec.data_files import field_texts, review_texts
 from recbole_cllm4rec.ids import IdLayout, SoftHardPrompt
 
@@ -75,7 +74,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """A digest of the tokenizer's full definition (vocabulary, merges, normalizer)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}{len(tokenizer)}"
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return digest(text)
 
 
 def cached_content_documents(
@@ -88,37 +87,19 @@ def cached_content_documents(
     """
     if cache_dir is None:
         return build_content_documents(sources, tokenizer, max_seq_len)
-    digest = hashlib.blake2b(digest_size=12)
-    digest.update(f"{tokenizer_fingerprint(tokenizer)}|{max_seq_len}".encode())
+    parts = [f"{tokenizer_fingerprint(tokenizer)}|{max_seq_len}"]
     for source, (prompts, texts) in sources.items():
-        digest.update(source.encode())
-        digest.update(prompts.numpy().tobytes())
-        digest.update("\x00".join(texts).encode())
-    path = Path(cache_dir) / f"{name}-{digest.hexdigest()}.pt"
-    if path.is_file():
-        cached = load_cached_documents(path)
-        if cached is not None:
-            logger.info("content corpus: loaded from %s", path)
-            return cached
-    docs = build_content_documents(sources, tokenizer, max_seq_len)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced_whole(path) as tmp:
-        torch.save({"ids": docs.ids, "length": docs.length, "prompt_length": docs.prompt_length}, tmp)
-    logger.info("content corpus: %d documents tokenized and cached in %s", len(docs), path)
-    return docs
+        parts += [source, prompts.numpy().tobytes(), "\x00".join(texts)]
+    path = Path(cache_dir) / f"{name}-{digest(*parts)}.pt"
+    build = lambda: vars(build_content_documents(sources, tokenizer, max_seq_len))  # noqa: E731
+    return ContentDocuments(**cached_value(path, build, "content corpus", check=check_corpus_fields))
 
 
-def load_cached_documents(path: Path) -> ContentDocuments | None:
-    """The corpus cached in ``path``, or ``None`` with a warning when the file is damaged (a disk
-    error, a copy cut short): the caller builds it again and replaces the file."""
-    try:
-        docs = ContentDocuments(**torch.load(path, weights_only=True))
-        if not docs.ids.shape[0] == len(docs.length) == len(docs.prompt_length):
-            raise ValueError(f"{docs.ids.shape[0]} rows of ids, {len(docs.length)} lengths")
-    except Exception as exc:  # any unreadable content: rebuilt, never trusted
-        logger.warning("content corpus: the cached %s is damaged (%s): tokenizing again", path, " ".join(str(exc).split())[:120])
-        return None
-    return docs
+def check_corpus_fields(fields: dict) -> None:
+    """Raises unless ``fields`` make a corpus whose tensors agree in rows (a cut-short cache file may not)."""
+    docs = ContentDocuments(**fields)
+    if not docs.ids.shape[0] == len(docs.length) == len(docs.prompt_length):
+        raise ValueError(f"{docs.ids.shape[0]} rows of ids, {len(docs.length)} lengths")
 
 
 def content_documents(

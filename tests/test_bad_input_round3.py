@@ -487,24 +487,24 @@ def test_ctrl_c_while_a_checkpoint_is_written_leaves_no_temporary_file(tmp_path,
 def test_a_damaged_content_cache_is_rebuilt_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch, caplog):
     import torch
 
-    from recbole_cllm4rec import documents
+    from recbole_cllm4rec import cache, documents
 
     tokenizer = backbone.load_backbone("tiny-random")[1]
     sources = {"item": (torch.zeros(3, 2, dtype=torch.long), ["a film", "", "another film about cats"])}
     built = documents.cached_content_documents(sources, tokenizer, 32, tmp_path, "tiny")
     (cached,) = tmp_path.iterdir()
     cached.write_bytes(cached.read_bytes()[:100])  # cut short
-    with caplog.at_level(logging.WARNING, logger="recbole_cllm4rec.documents"):
+    with caplog.at_level(logging.WARNING, logger="recbole_cllm4rec.cache"):
         again = documents.cached_content_documents(sources, tokenizer, 32, tmp_path, "tiny")
-    assert f"content corpus: the cached {cached} is damaged (" in caplog.text and "): tokenizing again" in caplog.text
+    assert f"content corpus: the cached {cached} is damaged (" in caplog.text and "): building it again" in caplog.text
     assert torch.equal(again.ids, built.ids) and torch.equal(again.length, built.length)
-    assert torch.equal(documents.load_cached_documents(cached).ids, built.ids)  # the file is whole again
+    assert torch.equal(torch.load(cached)["ids"], built.ids)  # the file is whole again
 
     def failing_save(state, file, **kwargs):
         Path(file).write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(documents.torch, "save", failing_save)
+    monkeypatch.setattr(cache.torch, "save", failing_save)
     with pytest.raises(OSError, match="No space left"):
         documents.cached_content_documents({"user": sources["item"]}, tokenizer, 32, tmp_path, "tiny")
     assert list(tmp_path.iterdir()) == [cached]

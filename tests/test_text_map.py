@@ -1,8 +1,10 @@
 """Items without interactions in the item head: the text map and each ``cold_item_rows`` mode, checked by hand."""
+import logging
+
 import pytest
 import torch
 
-from recbole_cllm4rec.cache import cached_tensor
+from recbole_cllm4rec.cache import cached_value
 from recbole_cllm4rec.model.text_map import cold_head_rows, fit_text_map
 
 
@@ -55,19 +57,19 @@ def test_text_map_leaves_a_cold_item_without_text_alone():
     assert torch.equal(rows, head)
 
 
-def test_cached_tensor_builds_once(tmp_path):
+def test_cached_value_builds_once(tmp_path):
     calls = []
     path = tmp_path / "sub" / "x.pt"
     build = lambda: calls.append(1) or torch.arange(3)  # noqa: E731
-    assert cached_tensor(path, build, "x").tolist() == [0, 1, 2]
-    assert cached_tensor(path, build, "x").tolist() == [0, 1, 2]
+    assert cached_value(path, build, "x").tolist() == [0, 1, 2]
+    assert cached_value(path, build, "x").tolist() == [0, 1, 2]
     assert len(calls) == 1 and [p.name for p in path.parent.iterdir()] == ["x.pt"]
 
 
-def test_cached_tensor_rebuilds_a_damaged_file(tmp_path):
+def test_cached_value_rebuilds_a_damaged_file(tmp_path):
     path = tmp_path / "x.pt"
     path.write_bytes(b"not a tensor")
-    assert cached_tensor(path, lambda: torch.ones(2), "x").tolist() == [1.0, 1.0]
+    assert cached_value(path, lambda: torch.ones(2), "x").tolist() == [1.0, 1.0]
     assert torch.load(path).tolist() == [1.0, 1.0] and [p.name for p in tmp_path.iterdir()] == ["x.pt"]
 
 
@@ -114,3 +116,18 @@ def test_recommend_ranks_a_new_item_from_its_text_as_the_same_text_cold_item(tin
     (tiny_data / "old.item").write_text("item_id:token\ttitle:token_seq\tgenre:token\ni3\tx\tcomedy\n")
     with pytest.raises(SystemExit, match="already in the catalog"):
         main(["--checkpoint", result["checkpoint"], "--user", "u1", "--new-items", "old.item"])
+
+
+def test_cached_value_rebuilds_a_value_its_check_refuses(tmp_path, caplog):
+    path = tmp_path / "x.pt"
+    torch.save({"ids": torch.zeros(3)}, path)
+
+    def two_ids(value):
+        if len(value["ids"]) != 2:
+            raise ValueError(f"{len(value['ids'])} ids")
+
+    with caplog.at_level(logging.WARNING, logger="recbole_cllm4rec.cache"):
+        value = cached_value(path, lambda: {"ids": torch.ones(2)}, "x", check=two_ids)
+    assert value["ids"].tolist() == [1.0, 1.0] and torch.load(path)["ids"].tolist() == [1.0, 1.0]
+    assert f"x: the cached {path} is damaged (3 ids): building it again" in caplog.text
+    assert cached_value(path, lambda: {"ids": torch.zeros(5)}, "x", check=two_ids)["ids"].tolist() == [1.0, 1.0]

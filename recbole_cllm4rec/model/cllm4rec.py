@@ -39,7 +39,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_cllm4rec.cache import cached_tensor, default_cache_dir, digest
+from recbole_cllm4rec.cache import cached_value, default_cache_dir, digest
 from recbole_cllm4rec.batches import token_budget_batches
 from recbole_cllm4rec.config_rules import Rule, check_config_values
 from recbole_cllm4rec.distributed import Shard, own_rows
@@ -188,7 +188,7 @@ class CLLM4Rec(FrozenLM, ColdItemHead, GeneralRecommender):
             )
             build = lambda: item_text_states(content, self.layout, self.plain_words, self.read_text, dim, max_tokens)  # noqa: E731
             path = self.cache_dir / "text_states" / f"{key}.pt"
-            self._item_text_states = cached_tensor(path, build, "the LM's reading of the item texts")
+            self._item_text_states = cached_value(path, build, "the LM's reading of the item texts")
         return self._item_text_states
 
     def read_text(self, words: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
