@@ -78,8 +78,12 @@ def field_values(dataset, source: str, fields: list[str], key: str) -> tuple[np.
             f"{atomic_file(dataset, source).name}: {repeated.nunique()} {id_field} value(s) have more than one row, "
             f"e.g. {first!r} on lines {', '.join(map(str, lines))}: keep one row per {source} (which text is meant?)"
         )
-    values = [tuple(unescape(v) for v in row) for row in frame[fields].itertuples(index=False)]
-    return internal_ids(dataset, id_field, frame[id_field]), values
+    return internal_ids(dataset, id_field, frame[id_field]), unescaped_rows(frame, fields)
+
+
+def unescaped_rows(frame: pd.DataFrame, fields: list[str]) -> list[tuple[str, ...]]:
+    """Each row's ``fields`` values, unescaped (``unescape``)."""
+    return [tuple(unescape(v) for v in row) for row in frame[fields].itertuples(index=False)]
 
 
 def template_fields(template: str, key: str = "item_text_template") -> list[str]:
@@ -115,9 +119,14 @@ def field_texts(dataset, source: str, template: str) -> list[str]:
     ids, values = field_values(dataset, source, fields, f"{source}_text_template {template!r}")
     texts = [""] * dataset.num(dataset.iid_field if source == "item" else dataset.uid_field)
     for row, row_values in zip(ids.tolist(), values):
-        if row and any(row_values):
-            texts[row] = template.format(**dict(zip(fields, row_values))).strip()
+        if row:
+            texts[row] = filled_text(template, fields, row_values)
     return texts
+
+
+def filled_text(template: str, fields: list[str], values: tuple[str, ...]) -> str:
+    """``template`` filled with one row's ``values`` of ``fields``; ``""`` (no document) when all are empty."""
+    return template.format(**dict(zip(fields, values))).strip() if any(values) else ""
 
 
 _ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}

@@ -53,7 +53,7 @@ def internal_user_ids(dataset, raw_users: list[str]) -> torch.Tensor:
 
 def new_items(model, dataset, config, path: str) -> tuple[list[str], torch.Tensor]:
     """The raw ids of ``path``'s items (an atomic ``.item`` file) and their head rows from their text."""
-    from recbole_cllm4rec.data_files import read_atomic_columns, template_fields
+    from recbole_cllm4rec.data_files import filled_text, read_atomic_columns, template_fields, unescaped_rows
 
     if not hasattr(model, "text_map_rows"):
         raise SystemExit(f"--new-items needs a model that reads item text (CLLM4Rec), not {config['model']}")
@@ -66,7 +66,7 @@ def new_items(model, dataset, config, path: str) -> tuple[list[str], torch.Tenso
     known = [item for item in raw if item in dataset.field2token_id[dataset.iid_field]]
     if known or not raw:
         raise SystemExit(f"--new-items {path}: " + (f"items {known[:5]} are already in the catalog" if raw else "no items"))
-    texts = [template.format(**dict(zip(fields, row))).strip() if any(row) else "" for row in frame[fields].itertuples(index=False)]
+    texts = [filled_text(template, fields, row) for row in unescaped_rows(frame, fields)]
     empty = [item for item, text in zip(raw, texts) if not text]
     if empty:
         raise SystemExit(f"--new-items {path}: items {empty[:5]} have no text in the template's columns {fields}")

@@ -77,3 +77,16 @@ def test_text_columns_need_not_be_loaded_by_recbole(tiny_data):
     _, model, (train, _, _) = make_model(tiny_data, load_col={"inter": ["user_id", "item_id", "rating", "timestamp"]})
     assert train.dataset.item_feat is None
     assert len(model.documents.content) == (model.n_items - 1) + (model.n_users - 1)
+
+
+def test_a_row_of_text_fields_is_unescaped_and_filled_as_the_dataset_is():
+    """``recommend --new-items`` reads its file with the two functions ``field_texts`` fills with."""
+    import pandas as pd
+
+    from recbole_cllm4rec.data_files import filled_text, unescaped_rows
+
+    frame = pd.DataFrame({"title": ["Tab\\there", "", "x"], "genre": ["comedy", "", ""]})
+    rows = unescaped_rows(frame, ["title", "genre"])
+    assert rows == [("Tab\there", "comedy"), ("", ""), ("x", "")]
+    assert [filled_text("{title}. Genre: {genre}.", ["title", "genre"], row) for row in rows] == [
+        "Tab\there. Genre: comedy.", "", "x. Genre: ."]
