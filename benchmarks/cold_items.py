@@ -26,7 +26,6 @@ COLUMNS = ["recall@20", "cold-item recall@20", "cold-only recall@20"]
 
 def score(trainer, model, config, train, part: str, data) -> list[float]:
     """Recall@20 over all targets and the two cold views of one part (``valid`` or ``test``)."""
-    model._scoring_rows = (None, None)  # remade for the mode and ridge just set
     overall = trainer.evaluate(data, load_best_model=False)["recall@20"]
     views = cold_item_results(model, {part: data}, train.dataset, config)
     return [overall] + [views.get(f"{part} {column}") for column in COLUMNS[1:]]

@@ -78,22 +78,28 @@ def without_interactions(root, item: str) -> None:
     inter.write_text("\n".join(line for line in inter.read_text().splitlines() if f"\t{item}\t" not in line) + "\n")
 
 
-@pytest.mark.parametrize("mode", ["trained", "content", "text_map"])
-def test_warm_rows_stay_and_a_cold_item_is_scored_as_the_mode_says(tiny_data, mode):
+def test_warm_rows_stay_and_a_cold_item_is_scored_as_the_mode_says(tiny_data):
+    """One model, its mode set in turn: the scoring rows are remade for each mode, not kept from the last."""
     from conftest import make_model
 
     without_interactions(tiny_data, "i40")  # in tiny.item (with text), in no interaction: cold
-    _, model, (train, _, _) = make_model(tiny_data, cold_item_rows=mode, text_map_ridge=0.5)
+    _, model, (train, _, _) = make_model(tiny_data, text_map_ridge=0.5)
     model.eval()
     item = train.dataset.token2id("item_id", "i40")
-    rows, trained = model.scoring_rows(), model.head_rows().detach()
+    trained = model.head_rows().detach()
     assert not model.warm_items[item] and model.warm_items.sum() == model.n_items - 2  # padding and i40
-    assert torch.equal(rows[model.warm_items], trained[model.warm_items])
-    expected = {"trained": trained[item], "content": torch.cat([model.content_item_emb.weight[item].detach(),
-                                                                 trained[model.warm_items, -1:].mean(0)])}
-    if mode == "text_map":  # a new item with i40's text gets the row i40 is scored with
-        expected[mode] = model.text_map_rows(["The comedy film number 40. Genre: comedy."])[0]
-    assert torch.allclose(rows[item], expected[mode], atol=1e-5)
+    expected = {
+        "trained": trained[item],
+        "content": torch.cat([model.content_item_emb.weight[item].detach(), trained[model.warm_items, -1:].mean(0)]),
+        # a new item with i40's text gets the row i40 is scored with
+        "text_map": model.text_map_rows(["The comedy film number 40. Genre: comedy."])[0],
+    }
+    for mode in ("text_map", "content", "trained"):
+        model.cold_item_rows = mode
+        rows = model.scoring_rows()
+        assert torch.equal(rows[model.warm_items], trained[model.warm_items])
+        assert torch.allclose(rows[item], expected[mode], atol=1e-5), mode
+    assert not torch.allclose(expected["text_map"], expected["content"]) and not torch.allclose(expected["content"], trained[item])
 
 
 def test_recommend_ranks_a_new_item_from_its_text_as_the_same_text_cold_item(tiny_data, capsys):

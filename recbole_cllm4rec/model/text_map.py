@@ -78,7 +78,7 @@ class ColdItemHead:
         self.cold_item_rows = config["cold_item_rows"]
         self.text_map_ridge = float(config["text_map_ridge"])
         self.item_prompt = config["item_prompt"]
-        self._scoring_rows = (None, None)  # (the versions of the tables they were made from, rows)
+        self._scoring_rows = (None, None)  # (what they were made from: the mode, the ridge, the tables' versions; rows)
 
     def head_rows(self) -> torch.Tensor:
         """The item head's rows: the collaborative item embeddings, each item's bias as a last column."""
@@ -87,10 +87,10 @@ class ColdItemHead:
 
     def scoring_rows(self) -> torch.Tensor:
         """``head_rows`` with the cold items' rows as ``cold_item_rows`` says, remade only when a table
-        changed since (optimizer steps and loads bump a tensor's version)."""
+        (optimizer steps and loads bump a tensor's version), ``cold_item_rows`` or ``text_map_ridge`` changed."""
         tables = [self.collaborative_item_emb.weight, self.content_item_emb.weight]
         tables += [self.item_bias.weight] if self.has_item_bias else []
-        versions = tuple((id(t), t._version) for t in tables)
+        versions = (self.cold_item_rows, self.text_map_ridge) + tuple((id(t), t._version) for t in tables)
         if self._scoring_rows[0] != versions:
             with torch.no_grad():
                 rows = cold_head_rows(
