@@ -99,3 +99,20 @@ def load_benchmark(name: str):
     """A script of ``benchmarks/`` (not a package: pytest's ``pythonpath`` holds its folder, as
     ``python benchmarks/<name>.py`` does) imported as a module, for its ``main``."""
     return importlib.import_module(name)
+
+
+def a_checkpoint_then_failing_saves(monkeypatch, path: Path, error: BaseException) -> bytes:
+    """Save a small checkpoint at ``path``, then make every later save write part of a file and raise
+    ``error``; returns the first file's bytes, which a failed save must leave as they were."""
+    import torch
+
+    from recbole_cllm4rec import checkpoint
+
+    checkpoint.atomic_save({"state_dict": {"w": torch.ones(2)}}, str(path))
+
+    def failing_save(state, file, **kwargs):
+        Path(file).write_bytes(b"partial")
+        raise error
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    return path.read_bytes()

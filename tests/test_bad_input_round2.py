@@ -3,7 +3,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import make_model
+from conftest import a_checkpoint_then_failing_saves, make_model
 
 from recbole_cllm4rec.recommend import internal_user_ids
 
@@ -87,14 +87,8 @@ def test_a_full_disk_says_so_and_keeps_the_last_good_checkpoint(tmp_path, monkey
     from recbole_cllm4rec import checkpoint
 
     path = tmp_path / "run-last.pth"
-    checkpoint.atomic_save({"state_dict": {"w": torch.ones(2)}}, str(path))
-    good = path.read_bytes()
-
-    def full_disk_save(state, file, **kwargs):
-        Path(file).write_bytes(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/0: file write failed")
-
-    monkeypatch.setattr(checkpoint.torch, "save", full_disk_save)
+    full_disk = RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/0: file write failed")
+    good = a_checkpoint_then_failing_saves(monkeypatch, path, full_disk)
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
     with pytest.raises(OSError, match=rf"^could not write {re.escape(str(path))} \(no space left on its disk, 0 MiB free\): "
                                       r"the previous run-last.pth is kept as it was; free space and resume with --resume=True$"):  # fmt: skip

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config_dict
+from conftest import a_checkpoint_then_failing_saves, tiny_config_dict
 
 from recbole_cllm4rec import backbone
 from recbole_cllm4rec.cli import interrupted
@@ -471,14 +471,7 @@ def test_ctrl_c_while_a_checkpoint_is_written_leaves_no_temporary_file(tmp_path,
     from recbole_cllm4rec import checkpoint
 
     path = tmp_path / "CLLM4Rec-1-last.pth"
-    checkpoint.atomic_save({"state_dict": {"w": torch.ones(2)}}, str(path))
-    before = path.read_bytes()
-
-    def interrupted_save(state, file, **kwargs):
-        Path(file).write_bytes(b"half")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint.torch, "save", interrupted_save)
+    before = a_checkpoint_then_failing_saves(monkeypatch, path, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         checkpoint.atomic_save({"state_dict": {"w": torch.zeros(2)}}, str(path))
     assert [p.name for p in tmp_path.iterdir()] == [path.name] and path.read_bytes() == before
