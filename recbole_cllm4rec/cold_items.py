@@ -44,8 +44,8 @@ def cold_item_mask(train) -> torch.Tensor:
 
 def cold_start_lines(train, valid, test) -> list[str]:
     """How many evaluation users and items never occur in training: a model has only priors for them
-    (CLLM4Rec: a cold user's prompt holds no items, a cold item is ranked by its bias alone, the same
-    for every such item), so a pre-split dataset full of them measures something else."""
+    (CLLM4Rec: a cold user's prompt holds no items, a cold item is scored with the row
+    ``cold_item_rows`` gives it), so a pre-split dataset full of them measures something else."""
     lines = []
     for name, part in (("validation", valid), ("test", test)):
         users, items = part.inter_feat[part.uid_field].unique(), part.inter_feat[part.iid_field]
@@ -55,7 +55,7 @@ def cold_start_lines(train, valid, test) -> list[str]:
             lines.append(
                 f"{name}: {cold_users} of {len(users)} users have no training interactions, {int(cold.sum())} of "
                 f"{len(items)} interactions are of {len(items[cold].unique())} items never seen in training "
-                "(a model has only its priors for them; CLLM4Rec scores such items by their bias alone, all alike)"
+                "(a model has only its priors for them; CLLM4Rec scores such items with the rows cold_item_rows gives them)"
             )
     return lines
 

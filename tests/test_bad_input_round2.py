@@ -149,7 +149,7 @@ def test_the_log_counts_evaluation_users_and_items_never_seen_in_training():
     test = Part([1, 3, 3], [4, 4, 2])  # user 3 and item 4 are new
     assert cold_start_lines(train, valid, test) == [
         "test: 1 of 2 users have no training interactions, 2 of 3 interactions are of 1 items never seen in training "
-        "(a model has only its priors for them; CLLM4Rec scores such items by their bias alone, all alike)"
+        "(a model has only its priors for them; CLLM4Rec scores such items with the rows cold_item_rows gives them)"
     ]
 
 
