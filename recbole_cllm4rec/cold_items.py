@@ -35,9 +35,14 @@ def not_in_training(ids: torch.Tensor, train, field: str) -> torch.Tensor:
     return ~torch.isin(ids, train.inter_feat[field])
 
 
+def item_interactions(train) -> torch.Tensor:
+    """``[item_num]``: each item's training interactions (0: a cold item)."""
+    return torch.bincount(train.inter_feat[train.iid_field], minlength=train.item_num)
+
+
 def cold_item_mask(train) -> torch.Tensor:
     """``[item_num]``: True for the items without a training interaction (padding id 0 excluded)."""
-    cold = not_in_training(torch.arange(train.item_num), train, train.iid_field)
+    cold = item_interactions(train) == 0
     cold[0] = False
     return cold
 

@@ -20,13 +20,27 @@ def test_fit_text_map_by_hand():
     assert torch.allclose(bias, torch.tensor([2.0, 1.0]), atol=1e-6)
 
 
+def test_fit_text_map_weighs_each_row():
+    states = torch.tensor([[0.0], [1.0], [2.0]])
+    rows = torch.tensor([[0.0], [1.0], [5.0]])
+    # weights 1, 1, 2 (mean 4/3: 0.75, 0.75, 1.5): weighted means x 1.25, y 2.75; centred x (-1.25, -0.25,
+    # 0.75), y (-2.75, -1.75, 2.25); slope sum w x y / sum w x^2 = (2.578125 + 0.328125 + 2.53125) /
+    # (1.171875 + 0.046875 + 0.84375) = 5.4375 / 2.0625 = 2.636..., bias 2.75 - 1.25 x 2.636... = -0.545...
+    weight, bias = fit_text_map(states, rows, ridge=0.0, weights=torch.tensor([1, 1, 2]))
+    assert weight.item() == pytest.approx(5.4375 / 2.0625, abs=1e-5)
+    assert bias.item() == pytest.approx(2.75 - 1.25 * 5.4375 / 2.0625, abs=1e-5)
+    # an item with twice the weight counts as that row twice
+    twice = fit_text_map(torch.tensor([[0.0], [1.0], [2.0], [2.0]]), torch.tensor([[0.0], [1.0], [5.0], [5.0]]), ridge=0.0)
+    assert torch.allclose(weight, twice[0], atol=1e-5) and torch.allclose(bias, twice[1], atol=1e-5)
+
+
 def tables():
     # items 0 (padding), 1-3 warm, 4 cold; head rows = [embedding (1 dim), bias]
     head = torch.tensor([[9.0, 9.0], [1.0, 0.5], [2.0, 1.5], [3.0, 2.5], [-5.0, -3.0]])
     content = torch.tensor([[0.0], [0.1], [0.2], [0.3], [0.7]])
-    warm = torch.tensor([False, True, True, True, False])
+    interactions = torch.tensor([0, 2, 1, 1, 0])
     states = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0]])
-    return head, content, warm, states
+    return head, content, interactions, states
 
 
 def test_trained_keeps_the_rows():
@@ -39,13 +53,13 @@ def test_content_takes_the_content_row_and_the_mean_warm_bias():
     rows = cold_head_rows("content", head, content, warm, lambda: states, 0.0)
     assert rows[4].tolist() == pytest.approx([0.7, 1.5])  # mean bias of items 1-3: (0.5 + 1.5 + 2.5) / 3
     assert torch.equal(rows[:4], head[:4])  # warm rows and padding untouched
-    assert torch.equal(warm, tables()[2])  # the caller's mask is not modified
+    assert torch.equal(warm, tables()[2])  # the caller's counts are not modified
 
 
 def test_text_map_extrapolates_from_the_warm_items():
     head, content, warm, states = tables()
     rows = cold_head_rows("text_map", head, content, warm, lambda: states, 0.0)
-    # on items 1-3 the row is (x, x - 0.5): item 4 (x = 4) gets (4, 3.5)
+    # on items 1-3 the row is (x, x - 0.5), whatever their weights: item 4 (x = 4) gets (4, 3.5)
     assert rows[4].tolist() == pytest.approx([4.0, 3.5], abs=1e-5)
     assert torch.equal(rows[:4], head[:4])
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from recbole_cllm4rec.cold_items import cold_item_mask
+from recbole_cllm4rec.cold_items import item_interactions
 from recbole_cllm4rec.documents import build_content_documents
 from recbole_cllm4rec.ids import SoftHardPrompt
 from recbole_cllm4rec.model.starts import text_readings
@@ -24,30 +24,38 @@ from recbole_cllm4rec.model.starts import text_readings
 COLD_ITEM_ROWS = ("trained", "content", "text_map")
 
 
-def fit_text_map(states: torch.Tensor, rows: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weight, bias)`` of the least-squares map ``rows ~ states @ weight + bias``, with an L2 penalty
-    of ``ridge`` times the mean eigenvalue of the centred states' Gram matrix (scale-free)."""
+def fit_text_map(
+    states: torch.Tensor, rows: torch.Tensor, ridge: float, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` of the least-squares map ``rows ~ states @ weight + bias``, each row weighing
+    ``weights`` (all alike by default), with an L2 penalty of ``ridge`` times the mean eigenvalue of the
+    weighted, centred states' Gram matrix (scale-free)."""
     x, y = states.double(), rows.double()
-    x_mean, y_mean = x.mean(0), y.mean(0)
-    x, y = x - x_mean, y - y_mean
+    w = torch.ones(len(x), dtype=x.dtype) if weights is None else weights.double() / weights.double().mean()
+    x_mean, y_mean = w @ x / w.sum(), w @ y / w.sum()
+    x, y = (x - x_mean) * w.sqrt()[:, None], (y - y_mean) * w.sqrt()[:, None]
     gram = x.T @ x
     penalty = ridge * gram.diagonal().mean().clamp(min=1e-12)
     weight = torch.linalg.solve(gram + penalty * torch.eye(len(gram), dtype=gram.dtype), x.T @ y)
     return weight.to(rows.dtype), (y_mean - x_mean @ weight).to(rows.dtype)
 
 
-def warm_text_map(states: torch.Tensor, rows: torch.Tensor, warm: torch.Tensor, ridge: float):
-    """``fit_text_map`` over the warm items that have text (a zero reading: no text); ``None`` with
-    fewer than two of them."""
-    fit = warm & (states.abs().sum(1) > 0)
-    return fit_text_map(states[fit], rows[fit], ridge) if fit.sum() >= 2 else None
+def warm_text_map(states: torch.Tensor, rows: torch.Tensor, interactions: torch.Tensor, ridge: float):
+    """``fit_text_map`` over the warm items that have text (a zero reading: no text), each weighing its
+    training ``interactions``: a row is as reliable as the interactions that trained it (one user's item
+    keeps much of its random start), so the map fits interactions, not items (``docs/results.md``,
+    "New items"); ``None`` with fewer than two such items."""
+    fit = (interactions > 0) & (states.abs().sum(1) > 0)
+    return fit_text_map(states[fit], rows[fit], ridge, interactions[fit]) if fit.sum() >= 2 else None
 
 
 def cold_head_rows(
-    mode: str, head_rows: torch.Tensor, content_rows: torch.Tensor, warm: torch.Tensor, states, ridge: float
+    mode: str, head_rows: torch.Tensor, content_rows: torch.Tensor, interactions: torch.Tensor, states, ridge: float
 ) -> torch.Tensor:
-    """The head's rows (``[n_items, dim (+1: the bias)]``) with every cold item's row (``~warm``, the
-    padding row 0 aside) replaced as ``mode`` says; ``states()``: the items' text readings, on demand."""
+    """The head's rows (``[n_items, dim (+1: the bias)]``) with every cold item's row (no training
+    ``interactions``, the padding row 0 aside) replaced as ``mode`` says; ``states()``: the items' text
+    readings, on demand."""
+    warm = interactions > 0
     cold = ~warm
     cold[0] = False
     if mode == "trained" or not cold.any():
@@ -59,7 +67,7 @@ def cold_head_rows(
         rows[cold, dim:] = head_rows[warm, dim:].mean(0)
         return rows
     readings = states().to(rows)
-    text_map = warm_text_map(readings, head_rows, warm, ridge)
+    text_map = warm_text_map(readings, head_rows, interactions, ridge)
     mapped = cold & (readings.abs().sum(1) > 0)
     if text_map is not None:
         rows[mapped] = readings[mapped] @ text_map[0] + text_map[1]
@@ -71,14 +79,17 @@ class ColdItemHead:
     that reads ``cold_item_rows`` (a mixin, as ``FrozenLM``)."""
 
     def build_cold_items(self, config, dataset) -> None:
-        """``dataset``: the training data, whose items are the warm ones (``cold_items.cold_item_mask``)."""
-        warm = ~cold_item_mask(dataset)
-        warm[0] = False  # the padding id is neither
-        self.register_buffer("warm_items", warm, persistent=False)
+        """``dataset``: the training data; its items with interactions are the warm ones (``cold_items``)."""
+        self.register_buffer("item_interactions", item_interactions(dataset), persistent=False)
         self.cold_item_rows = config["cold_item_rows"]
         self.text_map_ridge = float(config["text_map_ridge"])
         self.item_prompt = config["item_prompt"]
         self._scoring_rows = (None, None)  # (what they were made from: the mode, the ridge, the tables' versions; rows)
+
+    @property
+    def warm_items(self) -> torch.Tensor:
+        """The items with training interactions."""
+        return self.item_interactions > 0
 
     def head_rows(self) -> torch.Tensor:
         """The item head's rows: the collaborative item embeddings, each item's bias as a last column."""
@@ -94,7 +105,7 @@ class ColdItemHead:
         if self._scoring_rows[0] != versions:
             with torch.no_grad():
                 rows = cold_head_rows(
-                    self.cold_item_rows, self.head_rows(), self.content_item_emb.weight, self.warm_items,
+                    self.cold_item_rows, self.head_rows(), self.content_item_emb.weight, self.item_interactions,
                     lambda: self.item_text_states(self.eval_batch_tokens), self.text_map_ridge,
                 )
             self._scoring_rows = (versions, rows)
@@ -110,7 +121,7 @@ class ColdItemHead:
         if len(docs) != len(texts):
             raise ValueError("every new item needs a non-empty text")
         states, rows = self.item_text_states(self.eval_batch_tokens), self.head_rows().cpu()
-        text_map = warm_text_map(states, rows, self.warm_items.cpu(), self.text_map_ridge)
+        text_map = warm_text_map(states, rows, self.item_interactions.cpu(), self.text_map_ridge)
         if text_map is None:
             raise ValueError("the text map needs at least two items with interactions and text")
         dim, max_tokens = rows.shape[1] - self.has_item_bias, self.eval_batch_tokens
