@@ -96,9 +96,12 @@ def split_fingerprint(*datasets) -> str:
     return digest.hexdigest()[:12]
 
 
-def run_model(model: str, dataset: str, config_file_list=None, config_dict=None, saved: bool = True) -> dict:
-    """Train and test one model; returns metrics, timings and the split fingerprint."""
-    config, trainer_class = run_config(model, dataset, config_file_list, config_dict)
+def run_model(
+    model: str, dataset: str, config_file_list=None, config_dict=None, saved: bool = True, compared: tuple[str, ...] = ()
+) -> dict:
+    """Train and test one model; returns metrics, timings and the split fingerprint. ``compared``: the
+    comparison's models, whose keys are not warned as unread (they were given for one of them)."""
+    config, trainer_class = run_config(model, dataset, config_file_list, config_dict, compared)
     train_data, valid_data, test_data, fingerprint = run_data(config)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_obj = build_model(config, train_data.dataset, from_checkpoint=bool(config["resume"]))
@@ -122,9 +125,10 @@ def run_model(model: str, dataset: str, config_file_list=None, config_dict=None,
     }
 
 
-def run_config(model: str, dataset: str, config_file_list=None, config_dict=None):
+def run_config(model: str, dataset: str, config_file_list=None, config_dict=None, compared: tuple[str, ...] = ()):
     """The run's config, checked before any work (one line for the first refusal), its logger
-    started; and the model's trainer class."""
+    started; and the model's trainer class. A key given that neither the model nor another of the
+    ``compared`` models reads is a warning."""
     check_config_files(config_file_list)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     # absolute: checkpoints record it, and they are loaded from other folders
@@ -147,10 +151,16 @@ def run_config(model: str, dataset: str, config_file_list=None, config_dict=None
     if config["resume"]:  # the keys given are checked before the data is read
         check_resume_points(config)
     log.info(config)
-    read = keys_read_by(get_model(config["model"]), trainer_class, PROPERTIES_DIR)
+    read = frozenset().union(*(keys_read_by(*model_and_trainer(name), PROPERTIES_DIR) for name in {model, *compared}))
     for warning in [*unread_key_warnings(config, read, PROPERTIES_DIR), *untrained_warning(config)]:
         log.warning(warning)
     return config, trainer_class
+
+
+def model_and_trainer(name: str) -> tuple[type, type]:
+    """The registered model class of ``name`` and its trainer class."""
+    model_class = get_model(name)
+    return model_class, get_trainer(model_class.type, name)
 
 
 def check_resume_points(config) -> None:
@@ -288,21 +298,23 @@ def load_data_and_model(checkpoint_file: str, data_path: str | None = None):
     return config, model, dataset, train_data, valid_data, test_data
 
 
-def _run_rank(rank: int, model: str, dataset: str, config_file_list, config_dict: dict, saved: bool, queue) -> None:
+def _run_rank(rank: int, model: str, dataset: str, config_file_list, config_dict: dict, saved: bool, queue, compared=()) -> None:
     """One process of a data-parallel run started by ``run(nproc=...)``; global rank 0 reports back."""
     if not torch.cuda.is_available():  # CPU ranks share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // config_dict["nproc"]))
-    result = run_model(model, dataset, config_file_list, {**config_dict, "local_rank": rank}, saved)
+    result = run_model(model, dataset, config_file_list, {**config_dict, "local_rank": rank}, saved, compared)
     if rank + config_dict["offset"] == 0:
         queue.put(result)
 
 
-def run_data_parallel(model: str, dataset: str, config_file_list, config_dict: dict, saved: bool, nproc: int) -> dict | None:
+def run_data_parallel(
+    model: str, dataset: str, config_file_list, config_dict: dict, saved: bool, nproc: int, compared: tuple[str, ...] = ()
+) -> dict | None:
     """``nproc`` processes on this machine (RecBole's ``--nproc`` launcher); the result on global rank 0's machine."""
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue), nprocs=nproc, join=True)
+    mp.spawn(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue, compared), nprocs=nproc, join=True)
     return queue.get() if config_dict["offset"] == 0 else None
 
 
@@ -344,9 +356,9 @@ def run(
         check_model_name(name)
     if len(models) > 1 and (config_dict or {}).get("resume") not in (None, "None", False, "False"):
         raise ValueError("resume continues one run: give a single --model with --resume")
-    torchrun = torchrun_settings()
+    torchrun, compared = torchrun_settings(), tuple(models)
     if torchrun is not None:
-        results = [run_model(m, dataset, config_file_list, {**(config_dict or {}), **torchrun}, saved) for m in models]
+        results = [run_model(m, dataset, config_file_list, {**(config_dict or {}), **torchrun}, saved, compared) for m in models]
         if torchrun["local_rank"] + torchrun["offset"] != 0:
             return results
     elif nproc > 1 or world_size > 0:
@@ -357,11 +369,11 @@ def run(
             "port": str(port),
             "offset": group_offset,
         }
-        results = [run_data_parallel(m, dataset, config_file_list, {**(config_dict or {}), **launch}, saved, nproc) for m in models]
+        results = [run_data_parallel(m, dataset, config_file_list, {**(config_dict or {}), **launch}, saved, nproc, compared) for m in models]
         if group_offset != 0:
             return []
     else:
-        results = [run_model(m, dataset, config_file_list, dict(config_dict or {}), saved) for m in models]
+        results = [run_model(m, dataset, config_file_list, dict(config_dict or {}), saved, compared) for m in models]
     splits = {r["split"] for r in results}
     if len(splits) > 1:
         raise RuntimeError(f"models saw different splits: {[(r['model'], r['split']) for r in results]}")

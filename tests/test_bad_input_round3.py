@@ -385,6 +385,16 @@ def test_keys_only_other_models_read_are_named_with_their_models(tiny_data):
     assert "config key 'llm' is a key of other models (CLLM4Rec), BPR does not read it, it is ignored" in bpr
 
 
+def test_in_a_comparison_a_key_another_compared_model_reads_is_not_warned(tiny_data, caplog):
+    from recbole_cllm4rec.quick_start import run_config
+
+    settings = {**tiny_config_dict(tiny_data), "reg_weight": 100.0, "embedding_size": 32}
+    with caplog.at_level(logging.WARNING):
+        run_config("Pop", "tiny", config_dict=settings, compared=("CLLM4Rec", "Pop", "EASE"))
+    assert "reg_weight" not in caplog.text and "'llm'" not in caplog.text  # EASE's, CLLM4Rec's
+    assert "config key 'embedding_size' is a key of other models (AFM, AutoInt, BPR, ... 69 in all), Pop does not read it" in caplog.text
+
+
 def test_a_search_over_a_key_the_model_does_not_read_is_refused(tmp_path):
     space = tmp_path / "space.hyper"
     space.write_text("lambda_c choice [1,2]\nembedding_size choice [64,128]\n")
