@@ -9,8 +9,9 @@ user's state, and its bias starts at the catalog's lowest popularity. ``cold_ite
 - ``content``: the content side's row, which the content LM trained on the item's text (the paper's
   path from text to the collaborative side), with the mean bias of the items with interactions;
 - ``text_map``: a ridge map from the LM's reading of an item's text (``CLLM4Rec.item_text_states``)
-  to the head's row and bias, fit on the items with interactions: the row a warm item with that
-  text would have. A new item's text takes the same map, without retraining.
+  to the head's row and bias, fit on the items with interactions, each weighing its interactions:
+  the row a warm item with that text would have. A new item's text takes the same map, without
+  retraining. The cold dataset presets set it.
 """
 from __future__ import annotations
 
