@@ -146,6 +146,8 @@ MILLION_ITEMS = textwrap.dedent(
         '''Stands in for a RecBole dataset: what CLLM4Rec reads from one.'''
         time_field = None  # no timestamps: histories in a seeded random order
 
+        iid_field, item_num = "item_id", n_items
+
         def num(self, field):
             return n_users if field == "user_id" else n_items
         def history_item_matrix(self):
@@ -153,6 +155,10 @@ MILLION_ITEMS = textwrap.dedent(
             history = torch.randint(1, n_items, (n_users, per_user), generator=g)
             history[0] = 0
             return history, None, (history > 0).sum(1)
+        @property
+        def inter_feat(self):
+            history = self.history_item_matrix()[0]
+            return {"item_id": history[history > 0]}
 
     torch.manual_seed(0)
     model = CLLM4Rec(config, Catalog())
