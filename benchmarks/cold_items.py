@@ -2,9 +2,9 @@
 validation from one trained checkpoint: the choice changes scoring only, not training.
 
     python benchmarks/cold_items.py --checkpoint saved/CLLM4Rec-<time>.pth
-    python benchmarks/cold_items.py --checkpoint saved/...pth --ridges 0.1,1,10 --test
+    python benchmarks/cold_items.py --checkpoint saved/...pth --ridges 0.1,1,10 --bias-shifts 0,1,2 --test
 
-Each (``cold_item_rows``, ``text_map_ridge``) is scored on validation: Recall@20 over all targets
+Each (``cold_item_rows``, ``text_map_ridge``, ``text_map_bias_shift``) is scored on validation: Recall@20 over all targets
 (RecBole's full ranking), over cold targets in the full ranking and in the cold-only ranking
 (``recbole_cllm4rec.cold_items``). ``--test`` reads test once, for the configuration with the best
 validation Recall@20 over all targets. Prints a markdown table.
@@ -31,25 +31,33 @@ def score(trainer, model, config, train, part: str, data) -> list[float]:
     return [overall] + [views.get(f"{part} {column}") for column in COLUMNS[1:]]
 
 
+def choose(model, mode: str, ridge: float | None, shift: float | None) -> None:
+    """Set the model's ``cold_item_rows`` and, for ``text_map``, its ridge and bias shift."""
+    model.cold_item_rows = mode
+    if mode == "text_map":
+        model.text_map_ridge, model.text_map_bias_shift = ridge, shift
+
+
 def main(argv: list[str] | None = None) -> list[list]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--ridges", default="0.1,1,10", help="text_map_ridge values tried with text_map")
+    parser.add_argument("--bias-shifts", default="0", help="text_map_bias_shift values tried with each ridge")
     parser.add_argument("--test", action="store_true", help="read test once, for the best validation row")
     args = parser.parse_args(argv)
     config, model, _, train, valid, test = load_data_and_model(args.checkpoint)
     model.eval()
     trainer = Trainer(config, model)  # RecBole's own full-ranking evaluation; no run files of its own
-    choices = [("trained", None), ("content", None)] + [("text_map", float(r)) for r in args.ridges.split(",")]
+    maps = [("text_map", float(r), float(b)) for r in args.ridges.split(",") for b in args.bias_shifts.split(",")]
     rows = []
-    for mode, ridge in choices:
-        model.cold_item_rows, model.text_map_ridge = mode, ridge if ridge is not None else model.text_map_ridge
-        rows.append([mode, ridge] + score(trainer, model, config, train, "valid", valid))
+    for mode, ridge, shift in [("trained", None, None), ("content", None, None)] + maps:
+        choose(model, mode, ridge, shift)
+        rows.append([mode, ridge, shift] + score(trainer, model, config, train, "valid", valid))
         print(rows[-1], flush=True)
-    header = ["cold_item_rows", "text_map_ridge"] + [f"valid {c}" for c in COLUMNS]
+    header = ["cold_item_rows", "text_map_ridge", "text_map_bias_shift"] + [f"valid {c}" for c in COLUMNS]
     if args.test:
-        best = max(rows, key=lambda row: row[2])
-        model.cold_item_rows, model.text_map_ridge = best[0], best[1] if best[1] is not None else model.text_map_ridge
+        best = max(rows, key=lambda row: row[3])
+        choose(model, *best[:3])
         best += score(trainer, model, config, train, "test", test)
         header += [f"test {c}" for c in COLUMNS]
     print(f"\n{config['dataset']}, {args.checkpoint}; {machine()}\n\n{markdown_table(header, rows)}")

@@ -154,8 +154,9 @@ def test_a_cold_preset_repeats_its_source_preset(name):
     source = shipped.COLD_PRESETS[name][0]
     preset = yaml.safe_load((PROPERTIES_DIR / "dataset" / f"{name}.yaml").read_text())
     parent = yaml.safe_load((PROPERTIES_DIR / "dataset" / f"{source}.yaml").read_text())
-    cold_keys = {"cold_item_rows": "text_map", "text_map_ridge": preset.get("text_map_ridge")}
+    cold_keys = {key: preset[key] for key in ("cold_item_rows", "text_map_ridge", "text_map_bias_shift") if key in preset}
     assert preset == {**parent, "benchmark_filename": ["train", "valid", "test"], **cold_keys}
+    assert preset["cold_item_rows"] == "text_map"
 
 
 def test_the_package_data_takes_the_packaged_files():

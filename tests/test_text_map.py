@@ -64,6 +64,20 @@ def test_text_map_extrapolates_from_the_warm_items():
     assert torch.equal(rows[:4], head[:4])
 
 
+def test_text_map_bias_shift_lifts_the_mapped_bias_alone():
+    head, content, warm, states = tables()
+    rows = cold_head_rows("text_map", head, content, warm, lambda: states, 0.0, bias_shift=1.5)
+    assert rows[4].tolist() == pytest.approx([4.0, 5.0], abs=1e-5)  # (4, 3.5) with the bias 1.5 higher
+    assert torch.equal(rows[:4], head[:4])
+
+
+def test_a_bias_shift_without_an_item_bias_is_refused(tiny_data):
+    from conftest import make_model
+
+    with pytest.raises(ValueError, match=r"^text_map_bias_shift shifts the item bias: it needs item_bias=True"):
+        make_model(tiny_data, item_bias=False, text_map_bias_shift=1.0)
+
+
 def test_text_map_leaves_a_cold_item_without_text_alone():
     head, content, warm, states = tables()
     states[4] = 0.0
@@ -97,7 +111,7 @@ def test_warm_rows_stay_and_a_cold_item_is_scored_as_the_mode_says(tiny_data):
     from conftest import make_model
 
     without_interactions(tiny_data, "i40")  # in tiny.item (with text), in no interaction: cold
-    _, model, (train, _, _) = make_model(tiny_data, text_map_ridge=0.5)
+    _, model, (train, _, _) = make_model(tiny_data, text_map_ridge=0.5, text_map_bias_shift=0.25)
     model.eval()
     item = train.dataset.token2id("item_id", "i40")
     trained = model.head_rows().detach()

@@ -41,21 +41,30 @@ def fit_text_map(
     return weight.to(rows.dtype), (y_mean - x_mean @ weight).to(rows.dtype)
 
 
-def warm_text_map(states: torch.Tensor, rows: torch.Tensor, interactions: torch.Tensor, ridge: float):
+def warm_text_map(
+    states: torch.Tensor, rows: torch.Tensor, interactions: torch.Tensor, ridge: float, bias_shift: float = 0.0
+):
     """``fit_text_map`` over the warm items that have text (a zero reading: no text), each weighing its
     training ``interactions``: a row is as reliable as the interactions that trained it (one user's item
     keeps much of its random start), so the map fits interactions, not items (``docs/results.md``,
-    "New items"); ``None`` with fewer than two such items."""
+    "New items"); ``None`` with fewer than two such items. ``bias_shift`` is added to the map's last
+    column (the item bias, where the head has one): the warm biases it fits grew with their popularity,
+    which an item without interactions has had no chance to earn."""
     fit = (interactions > 0) & (states.abs().sum(1) > 0)
-    return fit_text_map(states[fit], rows[fit], ridge, interactions[fit]) if fit.sum() >= 2 else None
+    if fit.sum() < 2:
+        return None
+    weight, bias = fit_text_map(states[fit], rows[fit], ridge, interactions[fit])
+    bias[-1] += bias_shift
+    return weight, bias
 
 
 def cold_head_rows(
-    mode: str, head_rows: torch.Tensor, content_rows: torch.Tensor, interactions: torch.Tensor, states, ridge: float
+    mode: str, head_rows: torch.Tensor, content_rows: torch.Tensor, interactions: torch.Tensor, states, ridge: float,
+    bias_shift: float = 0.0,
 ) -> torch.Tensor:
     """The head's rows (``[n_items, dim (+1: the bias)]``) with every cold item's row (no training
     ``interactions``, the padding row 0 aside) replaced as ``mode`` says; ``states()``: the items' text
-    readings, on demand."""
+    readings, on demand; ``ridge``, ``bias_shift``: the text map's (``warm_text_map``)."""
     warm = interactions > 0
     cold = ~warm
     cold[0] = False
@@ -68,7 +77,7 @@ def cold_head_rows(
         rows[cold, dim:] = head_rows[warm, dim:].mean(0)
         return rows
     readings = states().to(rows)
-    text_map = warm_text_map(readings, head_rows, interactions, ridge)
+    text_map = warm_text_map(readings, head_rows, interactions, ridge, bias_shift)
     mapped = cold & (readings.abs().sum(1) > 0)
     if text_map is not None:
         rows[mapped] = readings[mapped] @ text_map[0] + text_map[1]
@@ -84,6 +93,9 @@ class ColdItemHead:
         self.register_buffer("item_interactions", item_interactions(dataset), persistent=False)
         self.cold_item_rows = config["cold_item_rows"]
         self.text_map_ridge = float(config["text_map_ridge"])
+        self.text_map_bias_shift = float(config["text_map_bias_shift"])
+        if self.text_map_bias_shift and not self.has_item_bias:
+            raise ValueError("text_map_bias_shift shifts the item bias: it needs item_bias=True (or text_map_bias_shift=0)")
         self.item_prompt = config["item_prompt"]
         self._scoring_rows = (None, None)  # (what they were made from: the mode, the ridge, the tables' versions; rows)
 
@@ -99,15 +111,16 @@ class ColdItemHead:
 
     def scoring_rows(self) -> torch.Tensor:
         """``head_rows`` with the cold items' rows as ``cold_item_rows`` says, remade only when a table
-        (optimizer steps and loads bump a tensor's version), ``cold_item_rows`` or ``text_map_ridge`` changed."""
+        (optimizer steps and loads bump a tensor's version) or a ``cold_item_rows`` / ``text_map_*`` setting changed."""
         tables = [self.collaborative_item_emb.weight, self.content_item_emb.weight]
         tables += [self.item_bias.weight] if self.has_item_bias else []
-        versions = (self.cold_item_rows, self.text_map_ridge) + tuple((id(t), t._version) for t in tables)
+        settings = (self.cold_item_rows, self.text_map_ridge, self.text_map_bias_shift)
+        versions = settings + tuple((id(t), t._version) for t in tables)
         if self._scoring_rows[0] != versions:
             with torch.no_grad():
                 rows = cold_head_rows(
                     self.cold_item_rows, self.head_rows(), self.content_item_emb.weight, self.item_interactions,
-                    lambda: self.item_text_states(self.eval_batch_tokens), self.text_map_ridge,
+                    lambda: self.item_text_states(self.eval_batch_tokens), self.text_map_ridge, self.text_map_bias_shift,
                 )
             self._scoring_rows = (versions, rows)
         return self._scoring_rows[1]
@@ -122,7 +135,7 @@ class ColdItemHead:
         if len(docs) != len(texts):
             raise ValueError("every new item needs a non-empty text")
         states, rows = self.item_text_states(self.eval_batch_tokens), self.head_rows().cpu()
-        text_map = warm_text_map(states, rows, self.item_interactions.cpu(), self.text_map_ridge)
+        text_map = warm_text_map(states, rows, self.item_interactions.cpu(), self.text_map_ridge, self.text_map_bias_shift)
         if text_map is None:
             raise ValueError("the text map needs at least two items with interactions and text")
         dim, max_tokens = rows.shape[1] - self.has_item_bias, self.eval_batch_tokens
