@@ -26,16 +26,11 @@ def state_checksum(state_dict: dict) -> str:
     return digest.hexdigest()
 
 
-def temporary_file(path: str) -> str:
-    """Where :func:`atomic_save` writes ``path`` before the rename (one per process)."""
-    return f"{path}.tmp{os.getpid()}"
-
-
 @contextlib.contextmanager
 def replaced_whole(path: str | os.PathLike):
-    """The temporary name to write ``path``'s new content to: renamed to ``path`` when the block ends,
-    removed when it raises (Ctrl-C too), so ``path`` is whole or as it was, never half-written."""
-    tmp = temporary_file(str(path))
+    """The temporary name to write ``path``'s new content to (``<path>.tmp<pid>``): renamed to ``path``
+    when the block ends, removed when it raises (Ctrl-C too), so ``path`` is whole or as it was."""
+    tmp = f"{path}.tmp{os.getpid()}"
     try:
         yield tmp
         os.replace(tmp, path)
@@ -45,18 +40,13 @@ def replaced_whole(path: str | os.PathLike):
 
 
 def atomic_save(state: dict, path: str) -> None:
-    """``torch.save`` (with the tensors' checksum) to a temporary file, then rename: a crash never
-    leaves a half-written checkpoint."""
+    """``torch.save`` (with the tensors' checksum) through ``replaced_whole``: a crash never leaves a
+    half-written checkpoint, and a failed write says why (torch reports a full disk as "enforce fail")."""
     state = {**state, "checksum": state_checksum(state["state_dict"])}
-    tmp = temporary_file(path)
     try:
-        torch.save(state, tmp, pickle_protocol=4)
-        os.replace(tmp, path)
-    except BaseException as exc:  # Ctrl-C mid-write too: the temporary file never stays
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        if not isinstance(exc, (OSError, RuntimeError)):  # torch reports a full disk as "enforce fail ... unexpected pos"
-            raise
+        with replaced_whole(path) as tmp:
+            torch.save(state, tmp, pickle_protocol=4)
+    except (OSError, RuntimeError) as exc:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
         said = " ".join(str(exc).split())[:200]
         reason = "no space left on its disk" if free < 64 * 2**20 else f"{type(exc).__name__}: {said}"
