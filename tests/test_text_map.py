@@ -114,18 +114,18 @@ def test_warm_rows_stay_and_a_cold_item_is_scored_as_the_mode_says(tiny_data):
     _, model, (train, _, _) = make_model(tiny_data, text_map_ridge=0.5, text_map_bias_shift=0.25)
     model.eval()
     item = train.dataset.token2id("item_id", "i40")
-    trained = model.head_rows().detach()
-    assert not model.warm_items[item] and model.warm_items.sum() == model.n_items - 2  # padding and i40
+    trained, warm = model.head_rows().detach(), model.item_interactions > 0
+    assert not warm[item] and warm.sum() == model.n_items - 2  # padding and i40
     expected = {
         "trained": trained[item],
-        "content": torch.cat([model.content_item_emb.weight[item].detach(), trained[model.warm_items, -1:].mean(0)]),
+        "content": torch.cat([model.content_item_emb.weight[item].detach(), trained[warm, -1:].mean(0)]),
         # a new item with i40's text gets the row i40 is scored with
         "text_map": model.text_map_rows(["The comedy film number 40. Genre: comedy."])[0],
     }
     for mode in ("text_map", "content", "trained"):
         model.cold_item_rows = mode
         rows = model.scoring_rows()
-        assert torch.equal(rows[model.warm_items], trained[model.warm_items])
+        assert torch.equal(rows[warm], trained[warm])
         assert torch.allclose(rows[item], expected[mode], atol=1e-5), mode
     assert not torch.allclose(expected["text_map"], expected["content"]) and not torch.allclose(expected["content"], trained[item])
 

@@ -99,11 +99,6 @@ class ColdItemHead:
         self.item_prompt = config["item_prompt"]
         self._scoring_rows = (None, None)  # (what they were made from: the mode, the ridge, the tables' versions; rows)
 
-    @property
-    def warm_items(self) -> torch.Tensor:
-        """The items with training interactions."""
-        return self.item_interactions > 0
-
     def head_rows(self) -> torch.Tensor:
         """The item head's rows: the collaborative item embeddings, each item's bias as a last column."""
         weight = self.collaborative_item_emb.weight
