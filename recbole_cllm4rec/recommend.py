@@ -84,9 +84,7 @@ def recommend(model, dataset, users: torch.Tensor, topk: int, batch_size: int = 
     with torch.no_grad():
         for batch in users.split(batch_size):
             batch = batch.to(model.device)
-            scores = model.full_sort_predict({model.USER_ID: batch}).view(len(batch), -1).float()
-            if new_rows is not None:
-                scores = torch.cat([scores, new_item_scores(model, batch, new_rows)], dim=1)
+            scores = batch_scores(model, batch, new_rows)
             scores[:, 0] = float("-inf")
             history = seen[batch.cpu()].to(scores.device)
             scores.scatter_(1, history, float("-inf"))  # padding entries point at item 0, already -inf
@@ -96,12 +94,16 @@ def recommend(model, dataset, users: torch.Tensor, topk: int, batch_size: int = 
     return torch.cat(top_scores), torch.cat(top_items)
 
 
-def new_item_scores(model, users: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Scores of items added after training (their head ``rows``) for ``users``: the head's features of
-    each user's scoring prompt against those rows, as ``full_sort_predict`` scores the catalog."""
-    scores = torch.empty(len(users), len(rows), device=rows.device)
+def batch_scores(model, users: torch.Tensor, new_rows: torch.Tensor | None) -> torch.Tensor:
+    """``[len(users), n_items (+ len(new_rows))]``: ``full_sort_predict``'s scores, and with ``new_rows``
+    (head rows of items added after training) the same features against the catalog's and the new rows,
+    from one forward pass per pack of prompts."""
+    if new_rows is None:
+        return model.full_sort_predict({model.USER_ID: users}).view(len(users), -1).float()
+    scores = torch.empty(len(users), model.n_items + len(new_rows), device=new_rows.device)
     for chunk, head_input in model.scoring_batches(users):
-        scores[chunk] = model.item_head(head_input)[0].float() @ rows.float().T
+        features, rows = model.item_head(head_input)
+        scores[chunk] = features.float() @ torch.cat([rows, new_rows.to(rows)]).float().T
     return scores
 
 
