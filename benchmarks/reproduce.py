@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> list[list]:
         rows.append(table_row(row, recipe or args.recipe, best))
         print(row, rows[-1][1:], flush=True)
     for row, kept in kept_rows(args, HEADER):
-        rows.append(kept[: len(HEADER)])
+        rows.append(kept[:-1])  # every column but the hardware, a cold split's views too
         bests.append((row, {"test_result": {m: float(kept[1 + k]) for k, m in enumerate(METRICS) if kept[1 + k]}}))
         hardware_of[row] = kept[-1]
     if len({row[len(HEADER) - 1] for row in rows}) > 1:

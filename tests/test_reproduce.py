@@ -48,6 +48,14 @@ def test_reproduce_runs_every_model_once_and_writes_the_table(tiny_data, monkeyp
     with pytest.raises(SystemExit, match="no row for BPR"):
         reproduce.main(kept[:-1] + ["--keep=BPR"])
 
+    # a kept row of a cold split keeps its cold views: the csv is rewritten with them
+    with open(tiny_data / "out" / "tiny.csv") as f:
+        header, *old = list(csv.reader(f))
+    with open(tiny_data / "out" / "tiny.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header[:-1] + reproduce.COLD + ["hardware"]] + [r[:-1] + ["0.5"] * 8 + [r[-1]] for r in old])
+    cold = reproduce.main(kept)
+    assert cold[1][-8:] == ["0.5"] * 8
+
 
 def test_gpu_script_runs_the_gpu_recipe_on_cpu_with_a_tiny_backbone(tiny_data):
     """benchmarks/gpu_reproduce.sh as a lent GPU machine runs it (no pack here: nothing to unpack)."""
