@@ -1,34 +1,60 @@
 """What CLLM4Rec scores items without training interactions with (``cold_item_rows``), chosen on
-validation from one trained checkpoint: the choice changes scoring only, not training.
+validation from one trained checkpoint: the choice changes scoring only, not training, so each
+user's prompt goes through the LM once and every configuration costs a matrix product.
 
     python benchmarks/cold_items.py --checkpoint saved/CLLM4Rec-<time>.pth
     python benchmarks/cold_items.py --checkpoint saved/...pth --ridges 0.1,1,10 --bias-shifts 0,1,2 --test
 
-Each (``cold_item_rows``, ``text_map_ridge``, ``text_map_bias_shift``) is scored on validation: Recall@20 over all targets
-(RecBole's full ranking), over cold targets in the full ranking and in the cold-only ranking
-(``recbole_cllm4rec.cold_items``). ``--test`` reads test once, for the configuration with the best
-validation Recall@20 over all targets. Prints a markdown table.
+Each (``cold_item_rows``, ``text_map_ridge``, ``text_map_bias_shift``) is scored on validation by the
+run's ``valid_metric`` (Recall@20) over all targets (RecBole's full ranking), over cold targets in the
+full ranking and in the cold-only ranking (``recbole_cllm4rec.cold_items``). ``--test`` reads test
+once, for the configuration with the best validation score over all targets. Prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
 
+import torch
 from common import machine
 
 from recbole.trainer import Trainer
 
-from recbole_cllm4rec.cold_items import cold_item_results
+from recbole_cllm4rec.cold_items import VIEWS, cold_item_results
 from recbole_cllm4rec.comparison import markdown_table
 from recbole_cllm4rec.quick_start import load_data_and_model
 
-COLUMNS = ["recall@20", "cold-item recall@20", "cold-only recall@20"]
+
+class OncePerUser(torch.nn.Module):
+    """A CLLM4Rec checkpoint's scorer with every user's head input computed once: the cold-item
+    settings change the item head's rows, never the users' side."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.USER_ID, self.device = model, model.USER_ID, model.device
+        users = torch.arange(1, model.n_users, device=model.device)  # 0 is RecBole's padding user
+        head_inputs = None
+        with torch.no_grad():
+            for chunk, head_input in model.scoring_batches(users):
+                if head_inputs is None:
+                    head_inputs = head_input.new_zeros(model.n_users, head_input.shape[1])
+                head_inputs[users[chunk]] = head_input
+        self.head_inputs = head_inputs
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        return self.model.item_logits(self.head_inputs[interaction[self.USER_ID]])
+
+
+def columns(config) -> list[str]:
+    """What each configuration is scored by: the run's ``valid_metric`` over all targets, then in each cold view."""
+    metric = config["valid_metric"].lower()
+    return [metric] + [f"{view} {metric}" for view in VIEWS]
 
 
 def score(trainer, model, config, train, part: str, data) -> list[float]:
-    """Recall@20 over all targets and the two cold views of one part (``valid`` or ``test``)."""
-    overall = trainer.evaluate(data, load_best_model=False)["recall@20"]
-    views = cold_item_results(model, {part: data}, train.dataset, config)
-    return [overall] + [views.get(f"{part} {column}") for column in COLUMNS[1:]]
+    """``columns`` of one part (``valid`` or ``test``)."""
+    overall, *views = columns(config)
+    results = cold_item_results(model, {part: data}, train.dataset, config)
+    return [trainer.evaluate(data, load_best_model=False)[overall]] + [results.get(f"{part} {v}") for v in views]
 
 
 def choose(model, mode: str, ridge: float | None, shift: float | None) -> None:
@@ -47,19 +73,20 @@ def main(argv: list[str] | None = None) -> list[list]:
     args = parser.parse_args(argv)
     config, model, _, train, valid, test = load_data_and_model(args.checkpoint)
     model.eval()
-    trainer = Trainer(config, model)  # RecBole's own full-ranking evaluation; no run files of its own
+    scorer = OncePerUser(model)
+    trainer = Trainer(config, scorer)  # RecBole's own full-ranking evaluation; no run files of its own
     maps = [("text_map", float(r), float(b)) for r in args.ridges.split(",") for b in args.bias_shifts.split(",")]
     rows = []
     for mode, ridge, shift in [("trained", None, None), ("content", None, None)] + maps:
         choose(model, mode, ridge, shift)
-        rows.append([mode, ridge, shift] + score(trainer, model, config, train, "valid", valid))
+        rows.append([mode, ridge, shift] + score(trainer, scorer, config, train, "valid", valid))
         print(rows[-1], flush=True)
-    header = ["cold_item_rows", "text_map_ridge", "text_map_bias_shift"] + [f"valid {c}" for c in COLUMNS]
+    header = ["cold_item_rows", "text_map_ridge", "text_map_bias_shift"] + [f"valid {c}" for c in columns(config)]
     if args.test:
         best = max(rows, key=lambda row: row[3])
         choose(model, *best[:3])
-        best += score(trainer, model, config, train, "test", test)
-        header += [f"test {c}" for c in COLUMNS]
+        best += score(trainer, scorer, config, train, "test", test)
+        header += [f"test {c}" for c in columns(config)]
     print(f"\n{config['dataset']}, {args.checkpoint}; {machine()}\n\n{markdown_table(header, rows)}")
     return rows
 

@@ -188,3 +188,34 @@ def test_two_gloo_processes_give_the_views_of_one_process(tmp_path, monkeypatch)
                     port=free_port(), results_dir=tmp_path / "results")  # fmt: skip
     assert len(single["cold_result"]) == 24
     assert double["cold_result"] == pytest.approx(single["cold_result"], abs=1e-4)
+
+
+def test_the_cold_items_benchmark_scores_each_configuration_as_the_model_itself(tmp_path, monkeypatch):
+    """benchmarks/cold_items.py reads each user's prompt once and rescores per configuration: every
+    row is the model's own full evaluation with that configuration set."""
+    from conftest import load_benchmark
+    from recbole.trainer import Trainer
+
+    from recbole_cllm4rec.cold_items import cold_item_results
+    from recbole_cllm4rec.quick_start import load_data_and_model, run_model
+
+    monkeypatch.chdir(tmp_path)
+    write_split(tmp_path)
+    result = run_model("CLLM4Rec", "cold", config_dict=cold_config(tmp_path, cold_item_rows="text_map"))
+    rows = load_benchmark("cold_items").main(["--checkpoint", result["checkpoint"], "--ridges", "0.3,3",
+                                              "--bias-shifts", "0,2", "--test"])  # fmt: skip
+    assert [row[:3] for row in rows] == [["trained", None, None], ["content", None, None], ["text_map", 0.3, 0.0],
+                                         ["text_map", 0.3, 2.0], ["text_map", 3.0, 0.0], ["text_map", 3.0, 2.0]]  # fmt: skip
+    config, model, _, train, valid, test = load_data_and_model(result["checkpoint"])
+    model.eval()
+    best = max(rows, key=lambda row: row[3])
+    for row in rows:
+        model.cold_item_rows = row[0]
+        if row[1] is not None:
+            model.text_map_ridge, model.text_map_bias_shift = row[1], row[2]
+        for part, data, columns in [("valid", valid, row[3:6])] + [("test", test, row[6:])] * (row is best):
+            views = cold_item_results(model, {part: data}, train.dataset, config)
+            own = [Trainer(config, model).evaluate(data, load_best_model=False)["recall@2"]]
+            own += [views[f"{part} cold-item recall@2"], views[f"{part} cold-only recall@2"]]
+            assert columns == pytest.approx(own, abs=1e-4), (row, part)
+    assert len({tuple(row[3:6]) for row in rows}) > 1  # the configurations do score differently
