@@ -1,12 +1,13 @@
-"""Where a CLLM4Rec checkpoint loses to EASE: test Recall@20 by history length and by item popularity.
+"""Where a CLLM4Rec checkpoint loses to EASE (or EASEText): test Recall@20 by history length and by item popularity.
 
     python benchmarks/diagnose.py --checkpoint saved/CLLM4Rec-....pth --ease_reg_weight=250
+    python benchmarks/diagnose.py --checkpoint saved/CLLM4Rec-....pth --baseline=EASEText --ease_reg_weight=250 --text_weight=1
 
-Both models rank the same test users of the checkpoint's own split (EASE is fitted on that split's
-training interactions), with RecBole's masking (training and validation items excluded). Users are
+Both models rank the same test users of the checkpoint's own split (the baseline is fitted on that
+split's training interactions), with RecBole's masking (training and validation items excluded). Users are
 bucketed by their number of training items (quartiles); test interactions by their item's training
 popularity (the most popular items that hold a third of the training interactions, the next third,
-the rest). Per user bucket: mean Recall@20 (hits / held-out items, RecBole's). Per item bucket: the
+the rest; on a cold-item split the items without training interactions apart). Per user bucket: mean Recall@20 (hits / held-out items, RecBole's). Per item bucket: the
 share of its test interactions that reach the top 20. With ``readout_skip``, also what each part of
 what the head reads ranks at alone: the layers' pooled states, the skip (the item embeddings around
 the layers), both (the model). Prints Markdown; ``--out`` writes it too.
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from recbole_cllm4rec.quick_start import load_data_and_model
-from recbole_cllm4rec.registry import Config
+from recbole_cllm4rec.registry import Config, get_model
 
 
 def top_k_hits(model, users: torch.Tensor, seen: list[set], truth: list[set], k: int, batch: int) -> torch.Tensor:
@@ -52,23 +53,24 @@ def by_user(dataset) -> list[set]:
 
 
 def by_history_length(recall: dict[str, torch.Tensor], n_train: torch.Tensor, n_test: torch.Tensor, k: int) -> list[str]:
-    """Mean Recall@k of each model per quartile of the users' number of training items."""
+    """Mean Recall@k of each model (CLLM4Rec, then the baseline) per quartile of the users' number of training items."""
     edges = torch.quantile(n_train.float(), torch.tensor([0.25, 0.5, 0.75])).round().long().tolist()
     bounds = [0] + edges + [int(n_train.max())]
+    baseline = list(recall)[1]
     lines = [f"Test Recall@{k} by the user's number of training items ({len(n_train)} test users)", "",
-             "| training items | users | test items | CLLM4Rec | EASE | CLLM4Rec / EASE |", "|---|---|---|---|---|---|"]  # fmt: skip
+             f"| training items | users | test items | CLLM4Rec | {baseline} | CLLM4Rec / {baseline} |", "|---|---|---|---|---|---|"]  # fmt: skip
     for low, high in zip(bounds[:-1], bounds[1:]):
         group = (n_train > low) & (n_train <= high)
         if group.any():
-            c, e = recall["CLLM4Rec"][group].mean().item(), recall["EASE"][group].mean().item()
+            c, e = recall["CLLM4Rec"][group].mean().item(), recall[baseline][group].mean().item()
             lines.append(f"| {low + 1}-{high} | {int(group.sum())} | {int(n_test[group].sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
     return lines
 
 
 def by_popularity(hits: dict[str, torch.Tensor], users: torch.Tensor, train_sets: list[set], test_sets: list[set], k: int) -> list[str]:
     """Each model's share of test interactions in its top k, per third of the training interactions
-    (the most popular items first)."""
-    n_items = hits["CLLM4Rec"].shape[1]
+    (the most popular items first), and for the items without training interactions (cold)."""
+    n_items, baseline = hits["CLLM4Rec"].shape[1], list(hits)[1]
     popularity = torch.zeros(n_items)
     for items in train_sets:
         popularity[list(items)] += 1
@@ -76,15 +78,19 @@ def by_popularity(hits: dict[str, torch.Tensor], users: torch.Tensor, train_sets
     share = popularity[order].cumsum(0) / popularity.sum()
     bucket = torch.empty(n_items, dtype=torch.long)
     bucket[order] = (share > 1 / 3).long() + (share > 2 / 3).long()
+    bucket[popularity == 0] = 3
     test_pairs = [(row, i) for row, u in enumerate(users.tolist()) for i in test_sets[u]]
     rows = torch.tensor([r for r, _ in test_pairs])
     items = torch.tensor([i for _, i in test_pairs])
     lines = ["", f"Share of test interactions in the top {k}, by the item's training popularity", "",
-             "| items | training interactions | test interactions | CLLM4Rec | EASE | CLLM4Rec / EASE |",
+             f"| items | training interactions | test interactions | CLLM4Rec | {baseline} | CLLM4Rec / {baseline} |",
              "|---|---|---|---|---|---|"]  # fmt: skip
-    for b, name in enumerate(["head (first third of interactions)", "middle third", "tail (last third)"]):
+    names = ["head (first third of interactions)", "middle third", "tail (last third)", "cold (no training interactions)"]
+    for b, name in enumerate(names):
         mine = bucket[items] == b
-        c, e = (hits[m][rows[mine], items[mine]].float().mean().item() for m in ("CLLM4Rec", "EASE"))
+        if b == 3 and not mine.any():
+            break
+        c, e = (hits[m][rows[mine], items[mine]].float().mean().item() for m in ("CLLM4Rec", baseline))
         n_b = int((bucket[1:] == b).sum())
         lines.append(f"| {name}: {n_b} items | {int(popularity[bucket == b].sum())} | {int(mine.sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
     return lines
@@ -115,26 +121,28 @@ def by_head_part(model, users, seen, test_sets, n_test: torch.Tensor, recall: to
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--ease_reg_weight", type=float, default=250.0)
+    parser.add_argument("--baseline", default="EASE", choices=("EASE", "EASEText"))
+    parser.add_argument("--ease_reg_weight", type=float, default=250.0, help="the baseline's reg_weight")
+    parser.add_argument("--text_weight", type=float, default=1.0, help="EASEText's")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    from recbole.model.general_recommender import EASE
-
     config, model, _, train, valid, test = load_data_and_model(args.checkpoint)
-    ease_config = Config(model="EASE", dataset=config["dataset"],
-                         config_dict={"data_path": os.path.dirname(config["data_path"]), "reg_weight": args.ease_reg_weight})  # fmt: skip
-    ease = EASE(ease_config, train.dataset)  # fits in its constructor, on this split's training interactions
+    base = {"data_path": os.path.dirname(config["data_path"]), "reg_weight": args.ease_reg_weight}
+    if args.baseline == "EASEText":  # the checkpoint's item text, its dataset's text features
+        base |= {"text_weight": args.text_weight, "item_text_template": config["item_text_template"]}
+    baseline_config = Config(model=args.baseline, dataset=config["dataset"], config_dict=base)
+    baseline = get_model(args.baseline)(baseline_config, train.dataset)  # fits in its constructor, on this split's training
     train_sets, valid_sets, test_sets = by_user(train.dataset), by_user(valid.dataset), by_user(test.dataset)
     seen = [a | b for a, b in zip(train_sets, valid_sets)]
     users = torch.tensor([u for u in range(len(test_sets)) if test_sets[u]])
-    hits = {name: top_k_hits(m, users, seen, test_sets, args.k, args.batch) for name, m in (("CLLM4Rec", model), ("EASE", ease))}
+    hits = {name: top_k_hits(m, users, seen, test_sets, args.k, args.batch) for name, m in (("CLLM4Rec", model), (args.baseline, baseline))}
     n_train = torch.tensor([len(train_sets[u]) for u in users.tolist()])
     n_test = torch.tensor([len(test_sets[u]) for u in users.tolist()], dtype=torch.float)
     recall = {name: h.sum(1) / n_test for name, h in hits.items()}
     lines = by_history_length(recall, n_train, n_test, args.k) + by_popularity(hits, users, train_sets, test_sets, args.k)
-    lines += ["", f"overall: CLLM4Rec {recall['CLLM4Rec'].mean():.4f}, EASE {recall['EASE'].mean():.4f}"]
+    lines += ["", f"overall: CLLM4Rec {recall['CLLM4Rec'].mean():.4f}, {args.baseline} {recall[args.baseline].mean():.4f}"]
     if model.readout_skip:
         lines += by_head_part(model, users, seen, test_sets, n_test, recall["CLLM4Rec"], args)
     text = "\n".join(lines)

@@ -38,3 +38,22 @@ def test_scoring_lengths_rescore_validation_with_longer_prompts(tiny_data):
     scores = module.main(["--checkpoint", result["checkpoint"], f"--lengths=128,{prompt}"])
     assert scores[128]["recall@10"] == result["best_valid_result"]["recall@10"]  # as trained and validated
     assert set(scores) == {128, prompt}
+
+
+def test_diagnosis_against_easetext_on_a_cold_split_sets_the_cold_items_apart(tmp_path, monkeypatch):
+    from test_cold_items import cold_config, write_split
+
+    from recbole_cllm4rec.quick_start import run_model
+
+    monkeypatch.chdir(tmp_path)
+    write_split(tmp_path)
+    config = cold_config(tmp_path, cold_item_rows="text_map", metrics=["Recall"], topk=[2], valid_metric="Recall@2")
+    result = run_model("CLLM4Rec", "cold", config_dict=config)
+    easetext = run_model("EASEText", "cold", config_dict={**config, "reg_weight": 10.0, "text_weight": 2.0})
+    text = load_script().main(["--checkpoint", result["checkpoint"], "--baseline=EASEText", "--ease_reg_weight=10",
+                               "--text_weight=2", "--k=2"])  # fmt: skip
+    overall = next(line for line in text.splitlines() if line.startswith("overall:"))
+    assert overall == f"overall: CLLM4Rec {result['test_result']['recall@2']:.4f}, EASEText {easetext['test_result']['recall@2']:.4f}"
+    # test: i1 (2 training interactions) and the cold i5, i6, i7, i8, one test interaction each
+    assert "| CLLM4Rec | EASEText | CLLM4Rec / EASEText |" in text
+    assert "| cold (no training interactions): 4 items | 0 | 4 |" in text
