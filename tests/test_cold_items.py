@@ -203,19 +203,19 @@ def test_the_cold_items_benchmark_scores_each_configuration_as_the_model_itself(
     write_split(tmp_path)
     result = run_model("CLLM4Rec", "cold", config_dict=cold_config(tmp_path, cold_item_rows="text_map"))
     rows = load_benchmark("cold_items").main(["--checkpoint", result["checkpoint"], "--ridges", "0.3,3",
-                                              "--bias-shifts", "0,2", "--test"])  # fmt: skip
-    assert [row[:3] for row in rows] == [["trained", None, None], ["content", None, None], ["text_map", 0.3, 0.0],
-                                         ["text_map", 0.3, 2.0], ["text_map", 3.0, 0.0], ["text_map", 3.0, 2.0]]  # fmt: skip
+                                              "--bias-shifts", "0,2", "--pseudo-interactions", "0,1", "--test"])  # fmt: skip
+    grid = [["text_map", r, b, k] for r in (0.3, 3.0) for b in (0.0, 2.0) for k in (0.0, 1.0)]
+    assert [row[:4] for row in rows] == [["trained", None, None, None], ["content", None, None, None]] + grid
     config, model, _, train, valid, test = load_data_and_model(result["checkpoint"])
     model.eval()
-    best = max(rows, key=lambda row: row[3])
+    best = max(rows, key=lambda row: row[4])
     for row in rows:
         model.cold_item_rows = row[0]
         if row[1] is not None:
-            model.text_map_ridge, model.text_map_bias_shift = row[1], row[2]
-        for part, data, columns in [("valid", valid, row[3:6])] + [("test", test, row[6:])] * (row is best):
+            model.text_map_ridge, model.text_map_bias_shift, model.text_map_pseudo_interactions = row[1:4]
+        for part, data, columns in [("valid", valid, row[4:7])] + [("test", test, row[7:])] * (row is best):
             views = cold_item_results(model, {part: data}, train.dataset, config)
             own = [Trainer(config, model).evaluate(data, load_best_model=False)["recall@2"]]
             own += [views[f"{part} cold-item recall@2"], views[f"{part} cold-only recall@2"]]
             assert columns == pytest.approx(own, abs=1e-4), (row, part)
-    assert len({tuple(row[3:6]) for row in rows}) > 1  # the configurations do score differently
+    assert len({tuple(row[4:7]) for row in rows}) > 1  # the configurations do score differently

@@ -71,6 +71,23 @@ def test_text_map_bias_shift_lifts_the_mapped_bias_alone():
     assert torch.equal(rows[:4], head[:4])
 
 
+def test_pseudo_interactions_shrink_each_warm_row_toward_the_row_its_text_maps_to():
+    head, content, interactions, states = tables()
+    head[3, 1] = 4.0  # item 3 off the line of items 1 and 2: the map no longer fits every warm row
+    weight, bias = fit_text_map(states[1:4], head[1:4], 0.0, interactions[1:4])
+    mapped = states @ weight + bias
+    rows = cold_head_rows("text_map", head, content, interactions, lambda: states, 0.0, bias_shift=1.0, pseudo_interactions=2.0)
+    for item in (1, 2, 3):  # n = 2, 1, 1 training interactions against 2 pseudo-interactions of the mapped row
+        n = float(interactions[item])
+        assert rows[item].tolist() == pytest.approx(((n * head[item] + 2 * mapped[item]) / (n + 2)).tolist(), abs=1e-5)
+    assert rows[4].tolist() == pytest.approx([mapped[4, 0].item(), mapped[4, 1].item() + 1.0], abs=1e-5)  # the cold row, shifted
+    assert torch.equal(rows[0], head[0]) and not torch.allclose(rows[3], head[3])
+    # without cold items too; without pseudo-interactions the warm rows stay as trained
+    every_item_warm = torch.tensor([0, 2, 1, 1, 3])
+    assert not torch.equal(cold_head_rows("text_map", head, content, every_item_warm, lambda: states, 0.0, pseudo_interactions=2.0), head)
+    assert torch.equal(cold_head_rows("text_map", head, content, interactions, lambda: states, 0.0)[:4], head[:4])
+
+
 def test_a_bias_shift_without_an_item_bias_is_refused(tiny_data):
     from conftest import make_model
 

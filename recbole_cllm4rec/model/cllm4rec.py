@@ -88,7 +88,7 @@ class CLLM4Rec(FrozenLM, ColdItemHead, GeneralRecommender):
         "item_chunk_size": Rule(int, low=1),
         # build_cold_items
         "cold_item_rows": Rule(str, choices=COLD_ITEM_ROWS),
-        "text_map_ridge": Rule(float, low=0), "text_map_bias_shift": Rule(float),
+        "text_map_ridge": Rule(float, low=0), "text_map_bias_shift": Rule(float), "text_map_pseudo_interactions": Rule(float, low=0),
     }
 
     # a key that did not exist when a checkpoint was saved -> the key whose value it had then

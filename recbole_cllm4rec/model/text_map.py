@@ -11,7 +11,8 @@ user's state, and its bias starts at the catalog's lowest popularity. ``cold_ite
 - ``text_map``: a ridge map from the LM's reading of an item's text (``CLLM4Rec.item_text_states``)
   to the head's row and bias, fit on the items with interactions, each weighing its interactions:
   the row a warm item with that text would have. A new item's text takes the same map, without
-  retraining. The cold dataset presets set it.
+  retraining. With ``text_map_pseudo_interactions`` the warm items with few interactions lean on it
+  too. The cold dataset presets set it.
 """
 from __future__ import annotations
 
@@ -41,34 +42,40 @@ def fit_text_map(
     return weight.to(rows.dtype), (y_mean - x_mean @ weight).to(rows.dtype)
 
 
-def warm_text_map(
-    states: torch.Tensor, rows: torch.Tensor, interactions: torch.Tensor, ridge: float, bias_shift: float = 0.0
-):
+def warm_text_map(states: torch.Tensor, rows: torch.Tensor, interactions: torch.Tensor, ridge: float):
     """``fit_text_map`` over the warm items that have text (a zero reading: no text), each weighing its
     training ``interactions``: a row is as reliable as the interactions that trained it (one user's item
     keeps much of its random start), so the map fits interactions, not items (``docs/results.md``,
-    "New items"); ``None`` with fewer than two such items. ``bias_shift`` is added to the map's last
-    column (the item bias, where the head has one): the warm biases it fits grew with their popularity,
-    which an item without interactions has had no chance to earn."""
+    "New items"); ``None`` with fewer than two such items."""
     fit = (interactions > 0) & (states.abs().sum(1) > 0)
     if fit.sum() < 2:
         return None
-    weight, bias = fit_text_map(states[fit], rows[fit], ridge, interactions[fit])
-    bias[-1] += bias_shift
-    return weight, bias
+    return fit_text_map(states[fit], rows[fit], ridge, interactions[fit])
+
+
+def new_item_rows(readings: torch.Tensor, text_map: tuple[torch.Tensor, torch.Tensor], bias_shift: float) -> torch.Tensor:
+    """Head rows of items without interactions from their text ``readings``: the map's, the last column
+    (the item bias, where the head has one) raised by ``bias_shift``: the warm biases the map fits grew
+    with their popularity, which an item without interactions has had no chance to earn."""
+    rows = readings @ text_map[0] + text_map[1]
+    rows[:, -1] += bias_shift
+    return rows
 
 
 def cold_head_rows(
     mode: str, head_rows: torch.Tensor, content_rows: torch.Tensor, interactions: torch.Tensor, states, ridge: float,
-    bias_shift: float = 0.0,
+    bias_shift: float = 0.0, pseudo_interactions: float = 0.0,
 ) -> torch.Tensor:
     """The head's rows (``[n_items, dim (+1: the bias)]``) with every cold item's row (no training
     ``interactions``, the padding row 0 aside) replaced as ``mode`` says; ``states()``: the items' text
-    readings, on demand; ``ridge``, ``bias_shift``: the text map's (``warm_text_map``)."""
+    readings, on demand; ``ridge``: the text map's (``warm_text_map``), ``bias_shift``: its cold rows'
+    (``new_item_rows``). With ``text_map`` and ``pseudo_interactions`` k, a warm item of n interactions
+    is scored with ``(n trained + k mapped) / (n + k)``: its own row, shrunk toward the row its text
+    predicts as far as its interactions leave it unsure (a cold item, n = 0, gets the mapped row)."""
     warm = interactions > 0
     cold = ~warm
     cold[0] = False
-    if mode == "trained" or not cold.any():
+    if mode == "trained" or not (cold.any() or (mode == "text_map" and pseudo_interactions)):
         return head_rows
     rows = head_rows.clone()
     if mode == "content":
@@ -77,10 +84,15 @@ def cold_head_rows(
         rows[cold, dim:] = head_rows[warm, dim:].mean(0)
         return rows
     readings = states().to(rows)
-    text_map = warm_text_map(readings, head_rows, interactions, ridge, bias_shift)
-    mapped = cold & (readings.abs().sum(1) > 0)
-    if text_map is not None:
-        rows[mapped] = readings[mapped] @ text_map[0] + text_map[1]
+    text_map = warm_text_map(readings, head_rows, interactions, ridge)
+    if text_map is None:
+        return rows
+    has_text = readings.abs().sum(1) > 0
+    shrunk, mapped = warm & has_text, cold & has_text
+    if pseudo_interactions:
+        n, k = interactions[shrunk, None].to(rows), pseudo_interactions
+        rows[shrunk] = (n * head_rows[shrunk] + k * (readings[shrunk] @ text_map[0] + text_map[1])) / (n + k)
+    rows[mapped] = new_item_rows(readings[mapped], text_map, bias_shift)
     return rows
 
 
@@ -94,6 +106,7 @@ class ColdItemHead:
         self.cold_item_rows = config["cold_item_rows"]
         self.text_map_ridge = float(config["text_map_ridge"])
         self.text_map_bias_shift = float(config["text_map_bias_shift"])
+        self.text_map_pseudo_interactions = float(config["text_map_pseudo_interactions"])
         if self.text_map_bias_shift and not self.has_item_bias:
             raise ValueError("text_map_bias_shift shifts the item bias: it needs item_bias=True (or text_map_bias_shift=0)")
         self.item_prompt = config["item_prompt"]
@@ -109,13 +122,14 @@ class ColdItemHead:
         (optimizer steps and loads bump a tensor's version) or a ``cold_item_rows`` / ``text_map_*`` setting changed."""
         tables = [self.collaborative_item_emb.weight, self.content_item_emb.weight]
         tables += [self.item_bias.weight] if self.has_item_bias else []
-        settings = (self.cold_item_rows, self.text_map_ridge, self.text_map_bias_shift)
+        settings = (self.cold_item_rows, self.text_map_ridge, self.text_map_bias_shift, self.text_map_pseudo_interactions)
         versions = settings + tuple((id(t), t._version) for t in tables)
         if self._scoring_rows[0] != versions:
             with torch.no_grad():
                 rows = cold_head_rows(
                     self.cold_item_rows, self.head_rows(), self.content_item_emb.weight, self.item_interactions,
                     lambda: self.item_text_states(self.eval_batch_tokens), self.text_map_ridge, self.text_map_bias_shift,
+                    self.text_map_pseudo_interactions,
                 )
             self._scoring_rows = (versions, rows)
         return self._scoring_rows[1]
@@ -130,9 +144,9 @@ class ColdItemHead:
         if len(docs) != len(texts):
             raise ValueError("every new item needs a non-empty text")
         states, rows = self.item_text_states(self.eval_batch_tokens), self.head_rows().cpu()
-        text_map = warm_text_map(states, rows, self.item_interactions.cpu(), self.text_map_ridge, self.text_map_bias_shift)
+        text_map = warm_text_map(states, rows, self.item_interactions.cpu(), self.text_map_ridge)
         if text_map is None:
             raise ValueError("the text map needs at least two items with interactions and text")
         dim, max_tokens = rows.shape[1] - self.has_item_bias, self.eval_batch_tokens
         readings = text_readings(docs, torch.arange(len(docs)), self.layout, self.plain_words, self.read_text, dim, max_tokens)
-        return (readings @ text_map[0] + text_map[1]).to(self.head_rows())
+        return new_item_rows(readings, text_map, self.text_map_bias_shift).to(self.head_rows())
