@@ -154,7 +154,7 @@ def test_a_cold_preset_repeats_its_source_preset(name):
     source = shipped.COLD_PRESETS[name][0]
     preset = yaml.safe_load((PROPERTIES_DIR / "dataset" / f"{name}.yaml").read_text())
     parent = yaml.safe_load((PROPERTIES_DIR / "dataset" / f"{source}.yaml").read_text())
-    cold_keys = {key: preset[key] for key in ("cold_item_rows", "text_map_ridge", "text_map_bias_shift") if key in preset}
+    cold_keys = {key: preset[key] for key in ("cold_item_rows", "text_map_ridge", "text_map_bias_shift", "text_map_pseudo_interactions") if key in preset}
     assert preset == {**parent, "benchmark_filename": ["train", "valid", "test"], **cold_keys}
     assert preset["cold_item_rows"] == "text_map"
 
