@@ -52,6 +52,11 @@ def by_user(dataset) -> list[set]:
     return sets
 
 
+def ratio(mine: float, theirs: float) -> str:
+    """``mine / theirs`` for a table cell; "-" where the baseline has none (EASE on cold items)."""
+    return f"{mine / theirs:.2f}" if theirs else "-"
+
+
 def by_history_length(recall: dict[str, torch.Tensor], n_train: torch.Tensor, n_test: torch.Tensor, k: int) -> list[str]:
     """Mean Recall@k of each model (CLLM4Rec, then the baseline) per quartile of the users' number of training items."""
     edges = torch.quantile(n_train.float(), torch.tensor([0.25, 0.5, 0.75])).round().long().tolist()
@@ -63,7 +68,7 @@ def by_history_length(recall: dict[str, torch.Tensor], n_train: torch.Tensor, n_
         group = (n_train > low) & (n_train <= high)
         if group.any():
             c, e = recall["CLLM4Rec"][group].mean().item(), recall[baseline][group].mean().item()
-            lines.append(f"| {low + 1}-{high} | {int(group.sum())} | {int(n_test[group].sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
+            lines.append(f"| {low + 1}-{high} | {int(group.sum())} | {int(n_test[group].sum())} | {c:.4f} | {e:.4f} | {ratio(c, e)} |")
     return lines
 
 
@@ -92,7 +97,7 @@ def by_popularity(hits: dict[str, torch.Tensor], users: torch.Tensor, train_sets
             break
         c, e = (hits[m][rows[mine], items[mine]].float().mean().item() for m in ("CLLM4Rec", baseline))
         n_b = int((bucket[1:] == b).sum())
-        lines.append(f"| {name}: {n_b} items | {int(popularity[bucket == b].sum())} | {int(mine.sum())} | {c:.4f} | {e:.4f} | {c / e:.2f} |")
+        lines.append(f"| {name}: {n_b} items | {int(popularity[bucket == b].sum())} | {int(mine.sum())} | {c:.4f} | {e:.4f} | {ratio(c, e)} |")
     return lines
 
 
