@@ -25,6 +25,20 @@ def test_item_text_states_are_the_content_sides_states_on_the_plain_text(tiny_da
     assert seen and not states[[i for i in range(model.n_items) if i not in seen]].any()  # no document: zero
 
 
+def test_catalogs_without_text_do_not_share_their_cached_readings(tiny_data):
+    """A corpus without item text is the same (empty) for every dataset: the cache key holds the catalog's size."""
+    no_text = {"item_text_template": None, "user_text_template": None, "llm_layers": 1}
+    _, model, _ = make_model(tiny_data, **no_text)
+    assert model.item_text_states(max_tokens=64).shape[0] == model.n_items
+    inter = tiny_data / "tiny" / "tiny.inter"  # a smaller catalog: the last 10 of the 40 items leave
+    kept = [line for line in inter.read_text().splitlines() if not any(f"\ti{n}\t" in line for n in range(31, 41))]
+    inter.write_text("\n".join(kept) + "\n")
+    item = tiny_data / "tiny" / "tiny.item"
+    item.write_text("\n".join(line for line in item.read_text().splitlines() if not any(line.startswith(f"i{n}\t") for n in range(31, 41))) + "\n")
+    _, smaller, _ = make_model(tiny_data, **no_text)
+    assert smaller.n_items < model.n_items and smaller.item_text_states(max_tokens=64).shape[0] == smaller.n_items
+
+
 def test_the_text_takes_the_last_dimensions_at_its_share_of_the_squared_norm():
     table = torch.tensor([[9.0, 9.0, 9.0, 9.0], [1.0, 1.0, 5.0, 5.0], [3.0, 1.0, 5.0, 5.0]])
     components = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])

@@ -178,13 +178,13 @@ class CLLM4Rec(FrozenLM, ColdItemHead, GeneralRecommender):
     @torch.no_grad()
     def item_text_states(self, max_tokens: int) -> torch.Tensor:
         """``[n_items, hidden]``: each item's text as the plain prompt, read by ``text_states``
-        (``starts.item_text_states``), ``max_tokens`` padded tokens per forward pass; once per backbone,
-        depth, precision and corpus, cached on disk (a full-depth pass is minutes on a CPU) and in memory."""
+        (``starts.item_text_states``), ``max_tokens`` padded tokens per forward pass; once per backbone, depth,
+        precision, catalog size (corpora without text look alike) and corpus, cached on disk and in memory."""
         if self._item_text_states is None:
             content, dim = self.documents.content, self.collaborative_item_emb.embedding_dim
             key = digest(
                 self.backbone_fingerprint.cpu().numpy().tobytes(), type(self).__name__, str(self.autocast_dtype),
-                str(self.depths["content"]), str(max_tokens), content.ids.numpy().tobytes(),
+                str(self.depths["content"]), str(max_tokens), str((self.layout.n_items, dim)), content.ids.numpy().tobytes(),
             )
             build = lambda: item_text_states(content, self.layout, self.plain_words, self.read_text, dim, max_tokens)  # noqa: E731
             path = self.cache_dir / "text_states" / f"{key}.pt"
