@@ -53,10 +53,10 @@ def warm_text_map(states: torch.Tensor, rows: torch.Tensor, interactions: torch.
     return fit_text_map(states[fit], rows[fit], ridge, interactions[fit])
 
 
-def new_item_rows(readings: torch.Tensor, text_map: tuple[torch.Tensor, torch.Tensor], bias_shift: float) -> torch.Tensor:
-    """Head rows of items without interactions from their text ``readings``: the map's, the last column
-    (the item bias, where the head has one) raised by ``bias_shift``: the warm biases the map fits grew
-    with their popularity, which an item without interactions has had no chance to earn."""
+def mapped_rows(readings: torch.Tensor, text_map: tuple[torch.Tensor, torch.Tensor], bias_shift: float = 0.0) -> torch.Tensor:
+    """Head rows from text ``readings`` through the map, the last column (the item bias, where the head
+    has one) raised by ``bias_shift`` for items without interactions: the warm biases the map fits grew
+    with their popularity, which such an item has had no chance to earn."""
     rows = readings @ text_map[0] + text_map[1]
     rows[:, -1] += bias_shift
     return rows
@@ -69,7 +69,7 @@ def cold_head_rows(
     """The head's rows (``[n_items, dim (+1: the bias)]``) with every cold item's row (no training
     ``interactions``, the padding row 0 aside) replaced as ``mode`` says; ``states()``: the items' text
     readings, on demand; ``ridge``: the text map's (``warm_text_map``), ``bias_shift``: its cold rows'
-    (``new_item_rows``). With ``text_map`` and ``pseudo_interactions`` k, a warm item of n interactions
+    (``mapped_rows``). With ``text_map`` and ``pseudo_interactions`` k, a warm item of n interactions
     is scored with ``(n trained + k mapped) / (n + k)``: its own row, shrunk toward the row its text
     predicts as far as its interactions leave it unsure (a cold item, n = 0, gets the mapped row)."""
     warm = interactions > 0
@@ -91,8 +91,8 @@ def cold_head_rows(
     shrunk, mapped = warm & has_text, cold & has_text
     if pseudo_interactions:
         n, k = interactions[shrunk, None].to(rows), pseudo_interactions
-        rows[shrunk] = (n * head_rows[shrunk] + k * (readings[shrunk] @ text_map[0] + text_map[1])) / (n + k)
-    rows[mapped] = new_item_rows(readings[mapped], text_map, bias_shift)
+        rows[shrunk] = (n * head_rows[shrunk] + k * mapped_rows(readings[shrunk], text_map)) / (n + k)
+    rows[mapped] = mapped_rows(readings[mapped], text_map, bias_shift)
     return rows
 
 
@@ -149,4 +149,4 @@ class ColdItemHead:
             raise ValueError("the text map needs at least two items with interactions and text")
         dim, max_tokens = rows.shape[1] - self.has_item_bias, self.eval_batch_tokens
         readings = text_readings(docs, torch.arange(len(docs)), self.layout, self.plain_words, self.read_text, dim, max_tokens)
-        return new_item_rows(readings, text_map, self.text_map_bias_shift).to(self.head_rows())
+        return mapped_rows(readings, text_map, self.text_map_bias_shift).to(self.head_rows())
